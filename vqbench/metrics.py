@@ -1,0 +1,168 @@
+"""Streaming metrics (torchmetrics style: update/compute, `higher_is_better`), and their registry.
+
+Every result reports the codebook metrics in CODE_METRICS; families add fidelity metrics with
+`register_metric`. Evaluation streams over batches, so memory does not grow with the eval set.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    higher_is_better: bool
+    description: str
+    fmt: str = ".4g"  # how the leaderboard prints it
+
+
+METRICS: dict[str, MetricInfo] = {}
+
+
+def register_metric(name: str, higher_is_better: bool, description: str, fmt: str = ".4g") -> None:
+    METRICS[name] = MetricInfo(higher_is_better, description, fmt)
+
+
+register_metric("utilization", True, "distinct codes used on the eval set / K", ".1%")
+register_metric("perplexity", True, "exp(entropy) of the eval code histogram", ".1f")
+register_metric("perplexity_ratio", True, "perplexity / K", ".1%")
+register_metric("dead_codes", False, "codes never used on the eval set", ".0f")
+register_metric("codebook_rank", True, "effective rank (Roy & Vetterli) of the centred codebook", ".2f")
+register_metric("latent_rank", True, "effective rank of the centred encoder latents", ".2f")
+register_metric("quantization_error", False, "sum |z - decode(codes)|^2 / sum |z - mean z|^2", ".4f")
+register_metric("bits_per_token", False, "depth x log2(codebook size)", ".2f")
+CODE_METRICS = ("utilization", "perplexity", "perplexity_ratio", "dead_codes", "codebook_rank",
+                "latent_rank", "quantization_error")
+
+
+def effective_rank_from_singular_values(s: Tensor) -> float:
+    """exp(entropy of s / sum s) (Roy & Vetterli 2007): 1 for rank one, n for n equal values."""
+    s = s.double().clamp_min(0)
+    if s.sum() <= 0:
+        return 0.0
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def effective_rank(matrix: Tensor) -> float:
+    """Effective rank of the rows of `matrix` (n, d) after centring."""
+    m = matrix.detach().double()
+    return effective_rank_from_singular_values(torch.linalg.svdvals(m - m.mean(0)))
+
+
+class CodeUsage(Metric):
+    """Histogram of emitted codes. Codes of depth > 1 count as one joint symbol per token."""
+
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, codebook_size: int, depth: int = 1):
+        super().__init__()
+        self.codebook_size, self.depth = codebook_size, depth
+        self.num_symbols = codebook_size ** depth
+        self.add_state("counts", torch.zeros(self.num_symbols, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, codes: Tensor) -> None:
+        codes = codes.long()
+        if codes.dim() == 3:  # (batch, tokens, depth) -> one joint symbol per token
+            weights = self.codebook_size ** torch.arange(codes.shape[-1], device=codes.device)
+            codes = (codes * weights).sum(-1)
+        self.counts += torch.bincount(codes.flatten(), minlength=self.num_symbols)
+
+    def compute(self) -> dict[str, float]:
+        counts = self.counts.double()
+        p = counts[counts > 0] / counts.sum()
+        perplexity = float(torch.exp(-(p * p.log()).sum()))
+        used = int((self.counts > 0).sum())
+        return {
+            "utilization": used / self.num_symbols,
+            "perplexity": perplexity,
+            "perplexity_ratio": perplexity / self.num_symbols,
+            "dead_codes": float(self.num_symbols - used),
+        }
+
+
+class LatentRank(Metric):
+    """Effective rank of latents, from a streamed covariance (sum x, sum x x^T) in float64."""
+
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.add_state("total", torch.zeros(dim, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("outer", torch.zeros(dim, dim, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("n", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, z: Tensor) -> None:
+        z = z.detach().reshape(-1, z.shape[-1]).double()
+        self.total += z.sum(0)
+        self.outer += z.T @ z
+        self.n += z.shape[0]
+
+    def compute(self) -> float:
+        mean = self.total / self.n
+        cov = self.outer / self.n - torch.outer(mean, mean)
+        eig = torch.linalg.eigvalsh((cov + cov.T) / 2).clamp_min(0)
+        return effective_rank_from_singular_values(eig.sqrt())  # singular values of centred data
+
+
+class QuantizationError(Metric):
+    """sum |z - z_hat|^2 / sum |z - mean(z)|^2: shift-invariant, 0 = exact, 1 = as bad as the mean."""
+
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.add_state("err", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("sq", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total", torch.zeros(dim, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("n", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, z: Tensor, z_hat: Tensor) -> None:
+        z, z_hat = z.detach().double().reshape(-1, z.shape[-1]), z_hat.detach().double().reshape(-1, z.shape[-1])
+        self.err += ((z - z_hat) ** 2).sum()
+        self.sq += (z ** 2).sum()
+        self.total += z.sum(0)
+        self.n += z.shape[0]
+
+    def compute(self) -> float:
+        spread = self.sq - (self.total ** 2).sum() / self.n
+        return float(self.err / spread) if spread > 0 else math.inf
+
+
+class MeanSquaredError(Metric):
+    """Mean over elements of (x_hat - x)^2."""
+
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("sse", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("n", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, x_hat: Tensor, x: Tensor) -> None:
+        self.sse += ((x_hat.detach().double() - x.double()) ** 2).sum()
+        self.n += x.numel()
+
+    def compute(self) -> float:
+        return float(self.sse / self.n)
+
+
+class DistortionRatio(MeanSquaredError):
+    """MSE / the MSE of a strong k-means optimum with the same number of codes (>= 1 up to k-means
+    being only near-optimal; lower is better, 1 means the quantizer is as good as k-means)."""
+
+    def __init__(self, reference_mse: float):
+        super().__init__()
+        self.reference_mse = reference_mse
+
+    def compute(self) -> float:
+        return super().compute() / self.reference_mse

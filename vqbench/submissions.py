@@ -1,0 +1,148 @@
+"""Submissions: `submissions/<name>/submission.yaml` plus the quantizer's code, content-hashed.
+
+A submission's hash covers every file in its folder, so editing its code or its params makes
+its old results stale (they are kept on disk but never mixed into the leaderboard).
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vqbench.contract import Quantizer
+from vqbench.paths import project_root
+from vqbench.schema import ConfigError, did_you_mean, from_dict
+
+SUBMISSION_FILE = "submission.yaml"
+IGNORED = ("__pycache__", "*.pyc", ".*")
+
+
+@dataclass
+class SubmissionMeta:
+    name: str  # folder name; also the results folder and the CLI's --submission
+    display_name: str  # shown in the leaderboard
+    entrypoint: str  # "module:Class"; module is a .py file in the folder, or an importable module
+    description: str = ""  # one line for the leaderboard
+    authors: list[str] = field(default_factory=list)
+    paper: str = ""  # URL of the paper the quantizer implements
+    code: str = ""  # URL of the reference implementation
+    license: str = ""  # SPDX id of the submission's own code
+    params: dict[str, Any] = field(default_factory=dict)  # keyword arguments for the class
+    requires: list[str] = field(default_factory=list)  # optional extra packages (import names)
+
+    def validate(self) -> None:
+        if ":" not in self.entrypoint or not all(self.entrypoint.split(":", 1)):
+            raise ConfigError(None, "entrypoint", f"{self.entrypoint!r} is not 'module:Class'",
+                              "write e.g. 'entrypoint: quantizer:MyQuantizer' for quantizer.py")
+
+
+@dataclass
+class Submission:
+    meta: SubmissionMeta
+    folder: Path
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    @cached_property
+    def hash(self) -> str:
+        return folder_hash(self.folder)
+
+    def missing_requirements(self) -> list[str]:
+        return [m for m in self.meta.requires if importlib.util.find_spec(m) is None]
+
+    def quantizer_class(self) -> type[Quantizer]:
+        file = self.folder / SUBMISSION_FILE
+        missing = self.missing_requirements()
+        if missing:
+            raise ConfigError(file, "requires", f"package(s) not installed: {', '.join(missing)}",
+                              f"pip install {' '.join(missing)}")
+        module_name, class_name = self.meta.entrypoint.split(":", 1)
+        module_file = self.folder / (module_name.replace(".", "/") + ".py")
+        try:
+            if module_file.exists():
+                # A private module name per submission: two submissions may both ship quantizer.py.
+                qualified = f"vqbench_submission_{self.name}.{module_name}"
+                spec = importlib.util.spec_from_file_location(qualified, module_file)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[qualified] = module
+                spec.loader.exec_module(module)
+            else:
+                module = importlib.import_module(module_name)
+        except Exception as e:
+            raise ConfigError(file, "entrypoint", f"importing {module_name!r} failed: {type(e).__name__}: {e}",
+                              f"fix the error in {module_file if module_file.exists() else module_name}") from e
+        cls = getattr(module, class_name, None)
+        if cls is None:
+            names = [n for n in dir(module) if not n.startswith("_")]
+            raise ConfigError(file, "entrypoint", f"module {module_name!r} has no class {class_name!r}",
+                              f"{did_you_mean(class_name, names)}name a class defined in {module_name}")
+        if not (isinstance(cls, type) and issubclass(cls, Quantizer)):
+            raise ConfigError(file, "entrypoint", f"{class_name} is not a subclass of vqbench.Quantizer",
+                              "derive it from vqbench.Quantizer and implement forward() and decode()")
+        return cls
+
+    def build(self, dim: int, codebook_size: int) -> Quantizer:
+        try:
+            return self.quantizer_class()(dim, codebook_size, **self.meta.params)
+        except TypeError as e:
+            raise ConfigError(self.folder / SUBMISSION_FILE, "params", str(e),
+                              "pass only keyword arguments the class's __init__ accepts") from e
+
+
+def folder_hash(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder)
+        if any(fnmatch.fnmatch(part, pat) for part in rel.parts for pat in IGNORED):
+            continue
+        digest.update(rel.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def load_submission(folder: Path | str) -> Submission:
+    folder = Path(folder)
+    file = folder / SUBMISSION_FILE
+    if not file.exists():
+        raise ConfigError(file, "<file>", "no submission.yaml", f"create {file} (see docs/submitting.md)")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(file, "<file>", f"not valid YAML: {e}", "fix the YAML syntax") from None
+    meta = from_dict(SubmissionMeta, data, file)
+    if meta.name != folder.name:
+        raise ConfigError(file, "name", f"{meta.name!r} differs from its folder name {folder.name!r}",
+                          f"set 'name: {folder.name}' or rename the folder")
+    return Submission(meta, folder)
+
+
+def submissions_dir(root: Path | None = None) -> Path:
+    return (root or project_root()) / "submissions"
+
+
+def list_submissions(pattern: str = "*", root: Path | None = None) -> list[str]:
+    base = submissions_dir(root)
+    names = sorted(p.name for p in base.iterdir() if (p / SUBMISSION_FILE).exists()) if base.exists() else []
+    return [n for n in names if fnmatch.fnmatch(n, pattern)]
+
+
+def get_submission(name_or_path: str, root: Path | None = None) -> Submission:
+    """A registered name (`simvq`) or a path to a submission folder."""
+    path = Path(name_or_path)
+    if path.is_dir() and (path / SUBMISSION_FILE).exists():
+        return load_submission(path)
+    folder = submissions_dir(root) / name_or_path
+    if not folder.is_dir():
+        known = list_submissions(root=root)
+        raise ConfigError(None, "--submission", f"no submission named {name_or_path!r}",
+                          f"{did_you_mean(name_or_path, known)}known: {', '.join(known) or '(none)'}")
+    return load_submission(folder)
