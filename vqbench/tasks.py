@@ -177,6 +177,8 @@ def load_task_file(path: Path, tasks_root: Path) -> list[Task]:
             metrics=tuple(metrics), seeds=tuple(resolved.seeds), resources=resolved.resources,
             sweep_point=tuple(point.items()),
         ))
+        if hasattr(family, "check"):
+            family.check(tasks[-1])
     return tasks
 
 
