@@ -72,6 +72,22 @@ def ema_codebook_update(cluster_size: Tensor, embed_sum: Tensor, z: Tensor, idx:
 
 
 @torch.no_grad()
+def restart_dead_codes(embed: Tensor, cluster_size: Tensor, embed_sum: Tensor, z: Tensor, threshold: float) -> int:
+    """Dead-code restart (Jukebox, SoundStream), in place: every code whose EMA usage `cluster_size`
+    is below `threshold` moves to a random row of z (n, d), the current batch's encoder outputs.
+    Its running statistics restart there with one pseudo-count, so the next EMA step does not pull
+    it back to where it died. Returns the number of codes restarted.
+    """
+    dead = (cluster_size < threshold).nonzero().squeeze(1)
+    if dead.numel():
+        new = z[torch.randint(z.shape[0], (dead.numel(),), device=z.device)].to(embed.dtype)
+        embed[dead] = new
+        cluster_size[dead] = 1.0
+        embed_sum[dead] = new
+    return dead.numel()
+
+
+@torch.no_grad()
 def kmeans(x: Tensor, k: int, iters: int = 10) -> Tensor:
     """Lloyd's k-means on the rows of x (n, d) -> (k, d) centroids, seeded with k random rows
     (with replacement when n < k). Empty clusters keep their previous centroid. Uses the global
@@ -88,11 +104,6 @@ def kmeans(x: Tensor, k: int, iters: int = 10) -> Tensor:
         filled = counts > 0
         centroids[filled] = sums[filled] / counts[filled].unsqueeze(1)
     return centroids
-
-
-def closest_rows(queries: Tensor, rows: Tensor, chunk: int = 8192) -> Tensor:
-    """For each query (k, d), the row of `rows` (n, d) nearest to it: nearest_code with roles swapped."""
-    return rows[nearest_code(queries, rows, chunk)[0]]
 
 
 def uniform_init(codebook_size: int, dim: int) -> Tensor:
