@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -25,6 +26,86 @@ def nearest_code(z: Tensor, codebook: Tensor, chunk: int = 8192) -> tuple[Tensor
     return idx, dist
 
 
+def forward_as(value: Tensor, surrogate: Tensor) -> Tensor:
+    """Exactly `value` in the forward pass, the gradient of `surrogate` in the backward pass.
+
+    Written value.detach() + (s - s.detach()) rather than s + (value - s).detach(): x - x is exactly
+    0, so the output is bit-identical to `value` and eval-mode decode(codes) == z_q holds exactly.
+    """
+    return value.detach() + (surrogate - surrogate.detach())
+
+
 def straight_through(z: Tensor, z_q: Tensor) -> Tensor:
     """Forward value z_q, gradient of the identity to z (van den Oord et al. 2017)."""
-    return z + (z_q - z).detach()
+    return forward_as(z_q, z)
+
+
+def vq_loss(z: Tensor, z_q: Tensor, beta: float = 0.25) -> Tensor:
+    """VQ-VAE eq. 3 without the reconstruction term: |sg[z] - e|^2 (moves codes) + beta |z - sg[e]|^2."""
+    return F.mse_loss(z_q, z.detach()) + beta * F.mse_loss(z, z_q.detach())
+
+
+@torch.no_grad()
+def usage_metrics(idx: Tensor, num_codes: int) -> dict[str, float]:
+    """Batch code usage for training logs: perplexity exp(H) and fraction of codes used."""
+    counts = torch.bincount(idx.flatten(), minlength=num_codes).double()
+    p = counts[counts > 0] / counts.sum()
+    return {"perplexity": float(torch.exp(-(p * p.log()).sum())), "used": float((counts > 0).sum()) / num_codes}
+
+
+@torch.no_grad()
+def ema_codebook_update(cluster_size: Tensor, embed_sum: Tensor, z: Tensor, idx: Tensor,
+                        decay: float, eps: float = 1e-5) -> Tensor:
+    """EMA k-means step (VQ-VAE appendix A.1, VQ-VAE-2): update the running per-code counts and
+    sums in place and return the new codebook sums / Laplace-smoothed counts.
+
+    z (n, d) are the encoder outputs and idx (n,) their assigned codes. Laplace smoothing keeps a
+    code with no assignments from dividing by zero: N_k <- (N_k + eps) / (N + K eps) * N.
+    """
+    num_codes = cluster_size.shape[0]
+    z = z.to(embed_sum.dtype)
+    cluster_size.mul_(decay).add_(torch.bincount(idx, minlength=num_codes).to(cluster_size.dtype), alpha=1 - decay)
+    embed_sum.mul_(decay).index_add_(0, idx, z, alpha=1 - decay)
+    n = cluster_size.sum()
+    smoothed = (cluster_size + eps) / (n + num_codes * eps) * n
+    return embed_sum / smoothed.unsqueeze(1)
+
+
+@torch.no_grad()
+def restart_dead_codes(embed: Tensor, cluster_size: Tensor, embed_sum: Tensor, z: Tensor, threshold: float) -> int:
+    """Dead-code restart (Jukebox, SoundStream), in place: every code whose EMA usage `cluster_size`
+    is below `threshold` moves to a random row of z (n, d), the current batch's encoder outputs.
+    Its running statistics restart there with one pseudo-count, so the next EMA step does not pull
+    it back to where it died. Returns the number of codes restarted.
+    """
+    dead = (cluster_size < threshold).nonzero().squeeze(1)
+    if dead.numel():
+        new = z[torch.randint(z.shape[0], (dead.numel(),), device=z.device)].to(embed.dtype)
+        embed[dead] = new
+        cluster_size[dead] = 1.0
+        embed_sum[dead] = new
+    return dead.numel()
+
+
+@torch.no_grad()
+def kmeans(x: Tensor, k: int, iters: int = 10) -> Tensor:
+    """Lloyd's k-means on the rows of x (n, d) -> (k, d) centroids, seeded with k random rows
+    (with replacement when n < k). Empty clusters keep their previous centroid. Uses the global
+    RNG, so it is deterministic under torch.manual_seed.
+    """
+    x = x.reshape(-1, x.shape[-1]).float()
+    n = x.shape[0]
+    pick = torch.randperm(n, device=x.device)[:k] if n >= k else torch.randint(n, (k,), device=x.device)
+    centroids = x[pick].clone()
+    for _ in range(iters):
+        idx, _ = nearest_code(x, centroids)
+        counts = torch.bincount(idx, minlength=k).to(x.dtype)
+        sums = torch.zeros_like(centroids).index_add_(0, idx, x)
+        filled = counts > 0
+        centroids[filled] = sums[filled] / counts[filled].unsqueeze(1)
+    return centroids
+
+
+def uniform_init(codebook_size: int, dim: int) -> Tensor:
+    """uniform(-1/K, 1/K): the codebook init of the reference PyTorch VQ-VAE ports and taming's VQGAN."""
+    return torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
