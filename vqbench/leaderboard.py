@@ -176,8 +176,10 @@ def sweep_plot(base_id: str, tasks_of_file: list, ok, subs) -> bytes | None:
                     ys.append(statistics.fmean(r["metrics"][name] for r in rs))
             ax.plot(xs, ys, marker="o", label=subs[s].meta.display_name[:40])
     field = next(iter(keys))[0].split(".")[-1]
+    log_x = min(values) > 0 and max(values) / min(values) >= 8
     for ax, name in zip(axes, ("utilization", primary)):
-        ax.set_xscale("log", base=2)
+        if log_x:
+            ax.set_xscale("log", base=2)
         ax.set_xlabel(field)
         ax.set_ylabel(column(name))
         ax.grid(alpha=0.3)
