@@ -35,7 +35,8 @@ def md_escape(text: object, limit: int = 300) -> str:
     text = re.sub(r"[\x00-\x1f\x7f]+", " ", str(text)).strip()
     if len(text) > limit:
         text = text[: limit - 1] + "…"
-    return re.sub(r"([\\`*_{}\[\]()<>#+!|~&])", r"\\\1", text)
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")  # no raw HTML
+    return re.sub(r"([\\`*_{}\[\]()#+!|~])", r"\\\1", text)
 
 
 def safe_url(url: str) -> str | None:

@@ -87,8 +87,11 @@ def run_serial(jobs: list[Job], root: Path, timeout_s: float | None, on_result: 
 
 
 def _remote_job(submission, task, seed, root):
+    import ray
     _one_thread()
-    return execute_job(submission, task, seed, Path(root), "ray")
+    result = execute_job(submission, task, seed, Path(root), "ray")
+    result["provenance"]["ray_node"] = ray.get_runtime_context().get_node_id()
+    return result
 
 
 def run_ray(jobs: list[Job], root: Path, timeout_s: float | None, on_result: Callable[[Job, dict], None],

@@ -70,8 +70,8 @@ def train(setup: Setup, quantizer: Quantizer, task, on_step: Callable[[int], Non
             recon = setup.reconstruction_loss(x_hat.float(), x)
             loss = recon + out.loss
         if not torch.isfinite(loss):
-            raise JobFailure(f"non-finite loss at training step {step}: reconstruction {float(recon):.4g}, "
-                             f"quantizer loss {float(out.loss):.4g}")
+            raise JobFailure(f"non-finite loss at training step {step}: reconstruction {float(recon.detach()):.4g}, "
+                             f"quantizer loss {float(torch.as_tensor(out.loss).detach()):.4g}")
         if optimizer is not None and loss.requires_grad:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
