@@ -1,24 +1,28 @@
 """One job = one submission x task x seed, run to a result dict. Never raises for a job's own fault:
-whatever the submission does wrong becomes a `failed` result with the reason and the traceback."""
+whatever the submission does wrong becomes a `failed` result with the reason and the traceback.
+
+`execute_job` runs inside the job's own process (a serial executor's child, a Ray worker), under
+the limits of vqbench.sandbox; `accept_result` is the driver's side: it takes nothing from that
+process on trust but numbers and text in the expected places.
+"""
 from __future__ import annotations
 
 import math
 import time
 import traceback
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from vqbench.families import get_family
 from vqbench.results import provenance
+from vqbench.sandbox import is_out_of_memory, memory_limit_gb
 from vqbench.schema import ConfigError
 from vqbench.submissions import Submission
-from vqbench.train import JobFailure, evaluate, seed_everything, train
+from vqbench.train import JobFailure, check_rate, evaluate, seed_everything, train
 
-
-class JobTimeout(BaseException):
-    """Raised inside a job by the serial executor's alarm; BaseException so submissions can't swallow it."""
+PROGRESS_UPDATES = 100  # step reports per job from a child process
 
 
 def pick_device() -> torch.device:
@@ -34,26 +38,32 @@ def execute_job(submission: Submission, task, seed: int, root: Path, executor: s
     try:
         seed_everything(seed)
         quantizer = submission.build(task.quantizer.dim, task.quantizer.codebook_size)
-        bits, budget = quantizer.bits_per_token, math.log2(task.quantizer.codebook_size)
-        result["bits_per_token"] = bits
-        if bits > budget + 1e-9:
-            raise JobFailure(f"rate budget exceeded: {bits:.3f} bits/token > log2(K) = {budget:.3f} "
-                             f"(depth {quantizer.depth} x codebook {quantizer.codebook_size})")
+        size, depth = check_rate(quantizer, task.quantizer.codebook_size)
+        result["bits_per_token"] = depth * math.log2(size)
         setup = get_family(task.family).build(task, seed, device)
         quantizer.to(device)
         result["train"] = train(setup, quantizer, task, on_step)
         result["metrics"] = evaluate(setup, quantizer, task)
-    except JobTimeout as e:
-        result.update(status="failed", error={"reason": f"timeout: {e}", "type": "JobTimeout", "traceback": None})
     except (JobFailure, ConfigError) as e:
         result.update(status="failed", error={"reason": str(e), "type": type(e).__name__,
                                               "traceback": traceback.format_exc(limit=-8)})
     except Exception as e:  # the submission's own bug: record it, never take the run down
-        result.update(status="failed", error={"reason": f"{type(e).__name__}: {e}", "type": type(e).__name__,
+        reason = f"{type(e).__name__}: {e}"
+        if is_out_of_memory(e):
+            reason = f"out of memory: the job passed its limit of {memory_limit_gb(task):g} GB " \
+                     f"(resources.memory_gb): {reason}"
+        result.update(status="failed", error={"reason": reason, "type": type(e).__name__,
                                               "traceback": traceback.format_exc(limit=-12)})
     result["provenance"] = provenance(root, submission.hash, task, str(device),
                                       time.perf_counter() - start, executor)
     return result
+
+
+def job_in_child(submission: Submission, task, seed: int, root: str, executor: str, emit) -> dict:
+    """The serial executor's child: execute_job, reporting steps to the driver's progress bar."""
+    every = max(1, task.train.steps // PROGRESS_UPDATES)
+    return execute_job(submission, task, seed, Path(root), executor,
+                       on_step=lambda s: emit(s + 1) if (s + 1) % every == 0 else None)
 
 
 def failed_result(submission: Submission, task, seed: int, root: Path, reason: str, kind: str,
@@ -63,3 +73,32 @@ def failed_result(submission: Submission, task, seed: int, root: Path, reason: s
             "metrics": {}, "bits_per_token": None, "train": None,
             "error": {"reason": reason, "type": kind, "traceback": detail},
             "provenance": provenance(root, submission.hash, task, "unknown", wall_time_s, executor)}
+
+
+def _problem(value: Any, submission: Submission, task, seed: int) -> str | None:
+    """Why a result reported by a job's process cannot be written as it is; None when it can."""
+    if not isinstance(value, dict) or value.get("status") not in ("ok", "failed"):
+        return "not a result"
+    if (value.get("submission"), value.get("task"), value.get("seed")) != (submission.name, task.id, seed):
+        return "it is the result of another job"
+    prov = value.get("provenance")
+    if not isinstance(prov, dict) or (prov.get("submission_hash"), prov.get("task_hash")) != (submission.hash, task.hash):
+        return "its provenance names other code or another task"
+    metrics = value.get("metrics")
+    if not isinstance(metrics, dict) or not all(
+            v is None or (type(v) in (int, float) and math.isfinite(v)) for v in metrics.values()):
+        return "its metrics are not finite numbers"
+    if value["status"] == "failed" and not isinstance((value.get("error") or {}).get("reason"), str):
+        return "a failed result without a reason"
+    return None
+
+
+def accept_result(value: Any, submission: Submission, task, seed: int, root: Path, executor: str,
+                  wall_time_s: float, output_tail: str = "") -> dict:
+    """The driver's check of what a job's process sent back; attaches the output tail to failures."""
+    if (problem := _problem(value, submission, task, seed)) is not None:
+        return failed_result(submission, task, seed, root, f"bad result from the job's process: {problem}",
+                             "BadResult", executor, wall_time_s)
+    if value["status"] == "failed" and output_tail:
+        value["error"]["output_tail"] = output_tail
+    return value

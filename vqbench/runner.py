@@ -2,22 +2,27 @@
 
 The driver alone writes result files, one atomic rename each, so a crash of any worker, or a
 SIGKILL of the driver, leaves only whole files behind, and a rerun picks up what is missing.
+Every job runs in a process of its own (serial: a forked child; Ray: a worker used once) under
+vqbench.sandbox's limits, and a guard undoes (and fails the job for) any write into results/,
+submissions/, tasks/ or leaderboard/ made while it ran.
 """
 from __future__ import annotations
 
+import json
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from vqbench.job import JobTimeout, execute_job, failed_result
+from vqbench.job import accept_result, execute_job, failed_result, job_in_child
 from vqbench.results import clean_partial_writes, is_done, result_path, write_result
-from vqbench.submissions import Submission
+from vqbench.sandbox import Guard, bounded_output, contain, memory_limit_gb, run_in_child, tamper_reason
+from vqbench.submissions import Submission, submissions_dir
 
 console = Console(stderr=True)
 
@@ -27,6 +32,10 @@ class Job:
     submission: Submission
     task: object  # vqbench.tasks.Task
     seed: int
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return self.submission.name, self.task.id, self.seed
 
     @property
     def label(self) -> str:
@@ -64,37 +73,41 @@ def _one_thread() -> None:
 
 def run_serial(jobs: list[Job], root: Path, timeout_s: float | None, on_result: Callable[[Job, dict], None],
                progress: Progress | None = None) -> None:
-    """In-process, one job at a time: for debugging and CI. Timeouts use SIGALRM (main thread only)."""
-    _one_thread()
-
-    def alarm(signum, frame):
-        raise JobTimeout(f"job exceeded {limit:.0f} s")
-
+    """One job at a time, each in a forked child: a crash, hang or memory blow-up ends the child only."""
     for job in jobs:
         limit = timeout_s or job.task.resources.timeout_s
         steps = progress.add_task(f"  {job.label}", total=job.task.train.steps) if progress else None
-        previous = signal.signal(signal.SIGALRM, alarm)
-        signal.setitimer(signal.ITIMER_REAL, limit)
         try:
-            result = execute_job(job.submission, job.task, job.seed, root, "serial",
-                                 on_step=(lambda s: progress.update(steps, completed=s + 1)) if progress else None)
+            outcome = run_in_child(job_in_child, (job.submission, job.task, job.seed, str(root), "serial"),
+                                   limit, memory_limit_gb(job.task),
+                                   on_progress=(lambda s: progress.update(steps, completed=s)) if progress else None)
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
             if progress:
                 progress.remove_task(steps)
+        if outcome.failure:
+            result = failed_result(job.submission, job.task, job.seed, root, outcome.failure, outcome.kind,
+                                   "serial", outcome.wall_time_s, outcome.output_tail or None)
+        else:
+            result = accept_result(outcome.value, job.submission, job.task, job.seed, root, "serial",
+                                   outcome.wall_time_s, outcome.output_tail)
         on_result(job, result)
 
 
 def _remote_job(submission, task, seed, root):
+    """A Ray worker used for this job alone (max_calls=1): limits, scratch cwd, bounded output.
+    Returns JSON text, so the driver unpickles nothing the submission could have shaped."""
     import ray
     _one_thread()
-    result = execute_job(submission, task, seed, Path(root), "ray")
+    contain(memory_limit_gb(task))
+    with bounded_output() as tail:
+        result = execute_job(submission, task, seed, Path(root), "ray")
     result["provenance"]["ray_node"] = ray.get_runtime_context().get_node_id()
-    return result
+    if result["status"] == "failed" and tail.text:
+        result["error"]["output_tail"] = tail.text
+    return json.dumps(result, allow_nan=False, default=str)
 
 
-def run_ray(jobs: list[Job], root: Path, timeout_s: float | None, on_result: Callable[[Job, dict], None],
+def run_ray(jobs: list[Job], root: Path, timeout_s: float | None, on_result: Callable[[Job, dict, list[Job]], None],
             workers: int | None = None, address: str | None = None) -> None:
     """Ray fan-out with a per-job wall-clock limit (Ray has none: ray.wait, then ray.cancel(force))."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -110,7 +123,9 @@ def run_ray(jobs: list[Job], root: Path, timeout_s: float | None, on_result: Cal
     try:
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
         slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        remote = ray.remote(max_retries=0)(_remote_job)
+        # max_calls=1: a fresh worker per job, so class-level or global state, a memory limit or a
+        # changed cwd never carries over to the next job.
+        remote = ray.remote(max_retries=0, max_calls=1)(_remote_job)
         pending = list(jobs)
         running: dict = {}  # ref -> (job, start time)
 
@@ -133,7 +148,8 @@ def run_ray(jobs: list[Job], root: Path, timeout_s: float | None, on_result: Cal
                 job, start = running.pop(ref)
                 elapsed = time.monotonic() - start
                 try:
-                    result = ray.get(ref)
+                    result = accept_result(json.loads(ray.get(ref)), job.submission, job.task, job.seed,
+                                           root, "ray", elapsed)
                 except WorkerCrashedError as e:
                     result = failed_result(job.submission, job.task, job.seed, root,
                                            "worker crashed: the job's process died (segfault, abort or "
@@ -142,7 +158,7 @@ def run_ray(jobs: list[Job], root: Path, timeout_s: float | None, on_result: Cal
                     result = failed_result(job.submission, job.task, job.seed, root,
                                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
                                            type(e).__name__, "ray", elapsed, str(e))
-                on_result(job, result)
+                on_result(job, result, [j for j, _ in running.values()])
             now = time.monotonic()
             for ref in [r for r, d in deadlines.items() if r in running and now >= d]:
                 job, start = running.pop(ref)
@@ -150,7 +166,7 @@ def run_ray(jobs: list[Job], root: Path, timeout_s: float | None, on_result: Cal
                 limit = timeout_s or job.task.resources.timeout_s
                 on_result(job, failed_result(job.submission, job.task, job.seed, root,
                                              f"timeout: job exceeded {limit:.0f} s and was cancelled",
-                                             "JobTimeout", "ray", now - start))
+                                             "JobTimeout", "ray", now - start), [j for j, _ in running.values()])
     finally:
         ray.shutdown()
 
@@ -159,15 +175,29 @@ def run(jobs: list[Job], root: Path, results_dir: Path, executor: str = "ray", w
         address: str | None = None, timeout_s: float | None = None, show_progress: bool = True) -> RunSummary:
     summary = RunSummary()
     clean_partial_writes(results_dir)
+    guard = Guard([results_dir, submissions_dir(root), root / "tasks", root / "leaderboard"])
+    suspects: dict[tuple, str] = {}  # Ray: jobs running alongside a detected write, failed when they land
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, disable=not show_progress, transient=False) as progress:
         overall = progress.add_task("jobs", total=len(jobs))
 
-        def on_result(job: Job, result: dict) -> None:
-            write_result(result_path(results_dir, job.submission.name, job.task.id, job.seed), result)
+        def on_result(job: Job, result: dict, running: list[Job] = ()) -> None:
+            # Serial: the job that just ended is the only one that ran. Ray: a write seen now may come
+            # from any job running alongside; all of them fail (rerun them), none can score.
+            changed = guard.check()
+            reason = tamper_reason(changed) if changed else suspects.pop(job.key, None)
+            if changed:
+                suspects.update({j.key: f"{reason} (while this job ran alongside others)" for j in running})
+            if reason:
+                result = failed_result(job.submission, job.task, job.seed, root, reason, "Tampering",
+                                       result["provenance"].get("executor", executor),
+                                       result["provenance"].get("wall_time_s", 0.0))
+            path = result_path(results_dir, job.submission.name, job.task.id, job.seed)
+            write_result(path, result)
+            guard.accept(path)
             (summary.done if result["status"] == "ok" else summary.failed).append(result)
             if result["status"] != "ok":
-                progress.console.print(f"[red]failed[/red] {job.label}: {result['error']['reason']}")
+                progress.console.print(f"[red]failed[/red] {escape(job.label)}: {escape(result['error']['reason'])}")
             progress.advance(overall)
 
         if executor == "serial":

@@ -59,6 +59,11 @@ class Resources:
     cpus: float = 1.0  # Ray CPUs per job
     gpus: float = 0.0  # Ray GPUs per job when CUDA exists (fractions share a card)
     timeout_s: float = 900.0  # a job running longer is cancelled and recorded as failed
+    memory_gb: float | None = None  # memory a job may add on top of torch; None: vqbench.sandbox's default
+
+    def validate(self) -> None:
+        if self.memory_gb is not None and self.memory_gb <= 0:
+            raise ConfigError(None, "memory_gb", f"{self.memory_gb} is not positive", "give memory_gb > 0 or leave it out")
 
 
 @dataclass

@@ -1,7 +1,14 @@
 """The training loop and evaluation every task shares; the task owns the budget, not the submission.
 
-Evaluation reconstructs from `decode(codes)` of a frozen copy of the trained quantizer, never from
-`z_q`: whatever a quantizer keeps from its forward pass cannot reach the reconstruction.
+Rate is enforced at evaluation, where a leak would score:
+- the decode table (the vector of every code, or code tuple) is computed from a frozen copy of the
+  trained quantizer *before* the eval pass sees any data, twice in different orders (decode must
+  be a pure function of codes); the reconstruction is `table[codes]`, so nothing a quantizer keeps
+  from eval inputs (its own state, class-level or global caches, files) can reach it;
+- every eval batch's `decode(codes)` must still equal the table (a decode that changes with what
+  forward() saw is reported, not silently ignored) and `z_q` must equal it (no pass-through);
+- codes must be plain int64 tensors in [0, K) of the sizes frozen before the eval pass, and
+  depth x log2(K) within the task's budget there too (a quantizer cannot widen its rate in eval()).
 """
 from __future__ import annotations
 
@@ -18,6 +25,9 @@ from vqbench.contract import Quantizer, QuantizerOutput
 from vqbench.families import Setup
 from vqbench.metrics import CodeUsage, LatentRank, QuantizationError, effective_rank
 
+TABLE_CHUNK = 1 << 14  # code tuples per decode() call when building the decode table
+SAME_RTOL = 1e-5  # "same vectors": max |a - b| <= SAME_RTOL * (1 + max |a|, |b|); float32 rounding is ~1e-7
+
 
 class JobFailure(RuntimeError):
     """A submission misbehaved (NaN, bad codes, wrong shapes): the job fails with this reason."""
@@ -29,24 +39,94 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def check_output(out: object, z: Tensor, quantizer: Quantizer, where: str) -> QuantizerOutput:
+def check_rate(quantizer: Quantizer, budget_codebook_size: int, where: str = "") -> tuple[int, int]:
+    """(codebook_size, depth) the quantizer declares, after checking depth x log2(K) fits the budget."""
+    size, depth = quantizer.codebook_size, quantizer.depth
+    if not (type(size) is int and size >= 2 and type(depth) is int and depth >= 1):
+        raise JobFailure(f"{where}codebook_size and depth must be ints >= 2 and >= 1, got {size!r} and {depth!r}")
+    bits, budget = depth * math.log2(size), math.log2(budget_codebook_size)
+    if bits > budget + 1e-9:
+        raise JobFailure(f"{where}rate budget exceeded: {bits:.3f} bits/token > log2(K) = {budget:.3f} "
+                         f"(depth {depth} x codebook {size})")
+    return size, depth
+
+
+def check_output(out: object, z: Tensor, where: str, codebook_size: int, depth: int) -> QuantizerOutput:
     if not isinstance(out, QuantizerOutput):
         raise JobFailure(f"{where}: forward() returned {type(out).__name__}, not QuantizerOutput")
+    if type(out.z_q) is not Tensor:  # a Tensor subclass could change what indexing or comparison does
+        raise JobFailure(f"{where}: z_q must be a torch.Tensor, got {type(out.z_q).__name__}")
     if out.z_q.shape != z.shape:
         raise JobFailure(f"{where}: z_q has shape {tuple(out.z_q.shape)}, expected {tuple(z.shape)}")
-    check_codes(out.codes, z, quantizer, where)
+    check_codes(out.codes, z, where, codebook_size, depth)
     return out
 
 
-def check_codes(codes: Tensor, z: Tensor, quantizer: Quantizer, where: str) -> None:
-    expected = tuple(z.shape[:2]) + ((quantizer.depth,) if quantizer.depth > 1 else ())
-    if not isinstance(codes, Tensor) or codes.dtype != torch.int64:
-        raise JobFailure(f"{where}: codes must be an int64 tensor, got {getattr(codes, 'dtype', type(codes))}")
+def check_codes(codes: Tensor, z: Tensor, where: str, codebook_size: int, depth: int) -> None:
+    expected = tuple(z.shape[:2]) + ((depth,) if depth > 1 else ())
+    if type(codes) is not Tensor or codes.dtype != torch.int64:
+        raise JobFailure(f"{where}: codes must be an int64 tensor, got {getattr(codes, 'dtype', type(codes).__name__)}")
     if tuple(codes.shape) != expected:
         raise JobFailure(f"{where}: codes have shape {tuple(codes.shape)}, expected {expected}")
-    if codes.numel() and (codes.min() < 0 or codes.max() >= quantizer.codebook_size):
-        raise JobFailure(f"{where}: codes outside [0, {quantizer.codebook_size}): "
+    if codes.numel() and (codes.min() < 0 or codes.max() >= codebook_size):
+        raise JobFailure(f"{where}: codes outside [0, {codebook_size}): "
                          f"min {int(codes.min())}, max {int(codes.max())}")
+
+
+def max_difference(a: Tensor, b: Tensor) -> float | None:
+    """max |a - b| when it exceeds float rounding at their scale (or shapes differ: inf), else None."""
+    if a.shape != b.shape:
+        return math.inf
+    if not a.numel():
+        return None
+    a, b = a.detach().float(), b.detach().float()
+    diff = float((a - b).abs().max())
+    scale = max(float(a.abs().max()), float(b.abs().max()))
+    return None if diff <= SAME_RTOL * (1 + scale) else diff
+
+
+def _powers(codebook_size: int, depth: int, device) -> Tensor:
+    return codebook_size ** torch.arange(depth - 1, -1, -1, device=device)
+
+
+def code_index(codes: Tensor, codebook_size: int, depth: int) -> Tensor:
+    """(..., depth) code tuples -> one index in [0, K^depth) (<= the task's K by the rate check)."""
+    return codes if depth == 1 else (codes * _powers(codebook_size, depth, codes.device)).sum(-1)
+
+
+def index_codes(index: Tensor, codebook_size: int, depth: int) -> Tensor:
+    """Inverse of code_index, shaped (n, 1) or (n, 1, depth): n one-token sequences."""
+    if depth == 1:
+        return index.view(-1, 1)
+    return (index.view(-1, 1) // _powers(codebook_size, depth, index.device) % codebook_size).view(-1, 1, depth)
+
+
+def _decode_many(q: Quantizer, index: Tensor, codebook_size: int, depth: int, dim: int, chunk: int) -> Tensor:
+    parts = []
+    for piece in index.split(chunk):
+        out = q.decode(index_codes(piece, codebook_size, depth))
+        if type(out) is not Tensor or tuple(out.shape) != (len(piece), 1, dim):
+            raise JobFailure(f"decode(codes) of shape {(len(piece), 1)} returned "
+                             f"{tuple(getattr(out, 'shape', ())) or type(out).__name__}, expected {(len(piece), 1, dim)}")
+        parts.append(out.reshape(len(piece), dim))
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def decode_table(q: Quantizer, codebook_size: int, depth: int, dim: int, device) -> Tensor:
+    """The (K^depth, dim) vector of every code tuple, decoded twice (in order, then shuffled in other
+    chunk sizes): decode must be a pure, per-token function of codes."""
+    n = codebook_size ** depth
+    index = torch.arange(n, device=device)
+    table = _decode_many(q, index, codebook_size, depth, dim, TABLE_CHUNK)
+    if not torch.isfinite(table).all():
+        raise JobFailure("decode(codes) returns non-finite vectors for some codes")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(n)).to(device)
+    again = _decode_many(q, perm, codebook_size, depth, dim, max(1, TABLE_CHUNK // 3 - 1))
+    if (diff := max_difference(again, table[perm])) is not None:
+        raise JobFailure(f"decode(codes) is not a pure function of codes: the same codes decoded in another "
+                         f"order or batch give other vectors (max difference {diff:.3g})")
+    return table
 
 
 def train(setup: Setup, quantizer: Quantizer, task, on_step: Callable[[int], None] | None = None) -> dict:
@@ -65,7 +145,7 @@ def train(setup: Setup, quantizer: Quantizer, task, on_step: Callable[[int], Non
         x = next(setup.train_batches)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             z = setup.encoder(x)
-            out = check_output(quantizer(z), z, quantizer, f"training step {step}")
+            out = check_output(quantizer(z), z, f"training step {step}", quantizer.codebook_size, quantizer.depth)
             x_hat = setup.decoder(out.z_q)
             recon = setup.reconstruction_loss(x_hat.float(), x)
             loss = recon + out.loss
@@ -90,15 +170,23 @@ def evaluate(setup: Setup, quantizer: Quantizer, task) -> dict[str, float]:
     for m in (setup.encoder, setup.decoder, quantizer):
         m.eval()
     decoder_copy = copy.deepcopy(quantizer)  # decode() sees trained weights, not forward()'s state
+    size, depth = check_rate(decoder_copy, task.quantizer.codebook_size, "evaluation: ")  # frozen here
     dim = task.quantizer.dim
-    usage = CodeUsage(quantizer.codebook_size, quantizer.depth)
+    device = next((t.device for t in (*decoder_copy.parameters(), *decoder_copy.buffers())), torch.device("cpu"))
+    table = decode_table(decoder_copy, size, depth, dim, device)  # before any eval input exists
+    usage = CodeUsage(size, depth)
     latent_rank, qerr = LatentRank(dim), QuantizationError(dim)
     for x in setup.eval_batches():
         z = setup.encoder(x)
-        out = check_output(quantizer(z), z, quantizer, "evaluation")
-        z_hat = decoder_copy.decode(out.codes)
-        if z_hat.shape != z.shape:
-            raise JobFailure(f"evaluation: decode(codes) has shape {tuple(z_hat.shape)}, expected {tuple(z.shape)}")
+        out = check_output(quantizer(z), z, "evaluation", size, depth)
+        z_hat = table[code_index(out.codes, size, depth)].to(z.device)
+        if (diff := max_difference(decoder_copy.decode(out.codes.clone()), z_hat)) is not None:
+            raise JobFailure(f"evaluation: decode(codes) changed after the eval pass began (max difference "
+                             f"{diff:.3g} from the same codes decoded before it): decode must depend on "
+                             "codes and trained weights only, not on what forward() saw")
+        if (diff := max_difference(out.z_q, z_hat)) is not None:
+            raise JobFailure(f"evaluation: z_q differs from decode(codes) in eval mode (max difference "
+                             f"{diff:.3g}): z_q must be the decoded code vectors, not a pass-through of z")
         x_hat = setup.decoder(z_hat.to(z.dtype))
         usage.update(out.codes.cpu())
         latent_rank.update(z.float().cpu())
@@ -106,7 +194,7 @@ def evaluate(setup: Setup, quantizer: Quantizer, task) -> dict[str, float]:
         for name in task.metrics:  # only what the task asks for: rFID is not free
             setup.fidelity_metrics[name].update(x_hat.float(), x)
     metrics = dict(usage.compute())
-    book = quantizer.codebook()
+    book = decoder_copy.codebook()
     metrics["codebook_rank"] = effective_rank(book) if book is not None else None
     metrics["latent_rank"] = latent_rank.compute()
     metrics["quantization_error"] = qerr.compute()

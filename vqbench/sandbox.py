@@ -1,0 +1,298 @@
+"""Containing a submission: the process its code runs in, and the files it must not touch.
+
+- `run_in_child(target, args, ...)`: a forked child (forkserver: torch is imported once, a fork
+  costs milliseconds) with a wall-clock limit, a memory limit, a scratch cwd and bounded output.
+  It talks to the driver in length-limited JSON, never pickle: whatever the submission does in
+  its process cannot make the driver run code or hold unbounded data.
+- `contain(memory_gb)` / `bounded_output()`: the same limits applied in any job process
+  (the serial executor's child, a Ray worker).
+- `Guard`: the driver alone writes results; a guard snapshots results/, submissions/, tasks/ and
+  leaderboard/ and, after every job, reports and undoes any change the driver did not make.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import multiprocessing
+import os
+import resource
+import signal
+import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+DEFAULT_MEMORY_GB = 8.0  # address space a job may add on top of the loaded runtime (torch, Ray)
+MAX_MESSAGE_BYTES = 16 << 20  # one message from a child; a bigger one is a fault, not data
+OUTPUT_TAIL_CHARS = 2000  # how much of a job's stdout/stderr a failed result keeps
+
+_context = None
+
+
+def _ctx():
+    global _context
+    if _context is None:
+        _context = multiprocessing.get_context("forkserver")
+        # Import torch and the harness once in the fork server; each child is then a cheap fork.
+        _context.set_forkserver_preload(["vqbench.job", "vqbench.validate"])
+    return _context
+
+
+def memory_limit_gb(task) -> float:
+    gb = getattr(task.resources, "memory_gb", None) if task is not None else None
+    return DEFAULT_MEMORY_GB if gb is None else gb
+
+
+def _vm_size() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def limit_memory(gb: float) -> None:
+    """RLIMIT_AS = the address space already mapped (torch alone maps ~4 GB, a Ray worker more:
+    its object store) + `gb`. A fixed absolute limit would be wrong on every machine but one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = _vm_size() + int(gb * (1 << 30))
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, MemoryError) or "can't allocate memory" in text or "not enough memory" in text
+
+
+@dataclass
+class Tail:
+    text: str = ""
+    total_bytes: int = 0
+
+
+@contextmanager
+def bounded_output(limit: int = OUTPUT_TAIL_CHARS) -> Iterator[Tail]:
+    """Point fds 1 and 2 (C extensions included) at a pipe a thread drains, keeping only the last
+    `limit` characters: a submission that floods stdout fills neither the terminal, nor a log, nor
+    memory, nor the result file."""
+    tail, kept = Tail(), bytearray()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    read_fd, write_fd = os.pipe()
+    saved = os.dup(1), os.dup(2)
+    os.dup2(write_fd, 1)
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    old_streams = sys.stdout, sys.stderr
+    sys.stdout = open(1, "w", buffering=1, closefd=False, errors="replace")
+    sys.stderr = open(2, "w", buffering=1, closefd=False, errors="replace")
+
+    def drain() -> None:
+        while chunk := os.read(read_fd, 1 << 16):
+            tail.total_bytes += len(chunk)
+            kept.extend(chunk)
+            del kept[:-4 * limit]
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        yield tail
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        sys.stdout, sys.stderr = old_streams
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        reader.join(timeout=2)  # a grandchild may still hold the pipe open: don't wait for it
+        tail.text = bytes(kept).decode(errors="replace")[-limit:]
+
+
+def contain(memory_gb: float) -> None:
+    """Limits for a process about to run submission code: memory, a scratch cwd (relative paths
+    land there, not in the project), no bytecode writes (a .pyc in a submission folder would be
+    a write the guard has to flag)."""
+    sys.dont_write_bytecode = True
+    os.chdir(tempfile.mkdtemp(prefix="vqbench-job-"))
+    limit_memory(memory_gb)
+
+
+def _die_with_parent() -> None:
+    try:  # PR_SET_PDEATHSIG: a SIGKILLed driver takes its fork server, and so its jobs, with it
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+def _send(conn, message: Any) -> None:
+    conn.send_bytes(json.dumps(message, allow_nan=False, default=str).encode())
+
+
+def _child_main(conn, env: dict, memory_gb: float, target: Callable, args: tuple) -> None:
+    os.setsid()  # its own process group: the driver kills the job and anything it spawned
+    _die_with_parent()
+    os.environ.clear()  # the fork server's environment is from when it started; use the driver's now
+    os.environ.update(env)
+    try:
+        import torch
+        torch.set_num_threads(1)  # results identical to a Ray worker's
+        contain(memory_gb)
+        with bounded_output() as tail:
+            value = target(*args, emit=lambda message: _send(conn, ["progress", message]))
+        _send(conn, ["done", value, tail.text])
+    except BaseException as e:  # noqa: BLE001 - anything the target let out is the child's fault
+        _send(conn, ["error", f"{type(e).__name__}: {e}"])
+    finally:
+        conn.close()
+
+
+@dataclass
+class ChildOutcome:
+    value: Any = None
+    failure: str | None = None  # why no value came back: timeout, crash, bad message
+    kind: str | None = None  # JobTimeout | WorkerCrashedError | ChildError
+    output_tail: str = ""
+    wall_time_s: float = 0.0
+    progress: list = field(default_factory=list)
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+def run_in_child(target: Callable, args: tuple, timeout_s: float, memory_gb: float = DEFAULT_MEMORY_GB,
+                 on_progress: Callable[[Any], None] | None = None) -> ChildOutcome:
+    """Run `target(*args, emit=...)` in a contained child; never raises for the child's faults."""
+    ctx = _ctx()
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child_main, args=(send, dict(os.environ), memory_gb, target, args), daemon=True)
+    start = time.monotonic()
+    proc.start()
+    send.close()
+    outcome = ChildOutcome()
+    try:
+        while True:
+            left = timeout_s - (time.monotonic() - start)
+            if left <= 0:
+                outcome.failure, outcome.kind = f"timeout: job exceeded {timeout_s:.0f} s", "JobTimeout"
+                break
+            if not receive.poll(min(left, 1.0)):
+                continue
+            try:
+                message = json.loads(receive.recv_bytes(MAX_MESSAGE_BYTES))
+            except EOFError:
+                proc.join(5)
+                code = proc.exitcode
+                how = f"killed by {_signal_name(code)}" if code is not None and code < 0 else f"exit status {code}"
+                outcome.failure = (f"worker crashed: the job's process died ({how}: segfault, abort, "
+                                   "out of memory or exit)")
+                outcome.kind = "WorkerCrashedError"
+                break
+            except (OSError, ValueError) as e:  # oversized or not JSON: the child is not playing fair
+                outcome.failure, outcome.kind = f"bad message from the job's process: {e}", "ChildError"
+                break
+            if not isinstance(message, list) or not message:
+                outcome.failure, outcome.kind = "bad message from the job's process", "ChildError"
+                break
+            if message[0] == "progress":
+                outcome.progress.append(message[1])
+                if on_progress:
+                    on_progress(message[1])
+            elif message[0] == "done" and len(message) == 3:
+                outcome.value, outcome.output_tail = message[1], str(message[2])[-OUTPUT_TAIL_CHARS:]
+                break
+            else:
+                outcome.failure, outcome.kind = str(message[1] if len(message) > 1 else message)[:500], "ChildError"
+                break
+    finally:
+        receive.close()
+        _kill_group(proc)
+    outcome.wall_time_s = time.monotonic() - start
+    return outcome
+
+
+def _kill_group(proc) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.join(5)
+
+
+class Guard:
+    """Snapshot of the folders only the driver may change; `check()` names and undoes any other change.
+
+    Stat-based (size, mtime, inode: a rename-over gets a new inode) with the bytes kept to restore.
+    """
+
+    def __init__(self, folders: list[Path]):
+        self.folders = [Path(f).resolve() for f in folders]
+        self.state = self._scan()
+        self.backup = {p: p.read_bytes() for p in self.state}
+
+    def _scan(self) -> dict[Path, tuple]:
+        state = {}
+        for folder in self.folders:
+            if not folder.exists():
+                continue
+            for dirpath, _, files in os.walk(folder):
+                for name in files:
+                    path = Path(dirpath) / name
+                    try:
+                        st = path.lstat()
+                    except FileNotFoundError:
+                        continue
+                    state[path] = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode)
+        return state
+
+    def accept(self, path: Path) -> None:
+        """The driver wrote `path` itself."""
+        path = Path(path).resolve()
+        st = path.lstat()
+        self.state[path] = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode)
+        self.backup[path] = path.read_bytes()
+
+    def check(self) -> list[str]:
+        """Paths changed since the snapshot by anyone else, each restored; empty when none."""
+        now = self._scan()
+        changed = sorted({p for p in now if now[p] != self.state.get(p)} | (set(self.state) - set(now)))
+        for path in changed:
+            if path.is_symlink() or path.exists():
+                path.unlink()
+            if path in self.backup:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(self.backup[path])
+                st = path.lstat()
+                self.state[path] = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode)
+        return [self._show(p) for p in changed]
+
+    def _show(self, path: Path) -> str:
+        for folder in self.folders:
+            if path.is_relative_to(folder):
+                return f"{folder.name}/{path.relative_to(folder).as_posix()}"
+        return str(path)
+
+
+def tamper_reason(paths: list[str]) -> str:
+    shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+    return f"tampering: the job changed files only the driver may write ({shown}); restored"
+
+
+def finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
