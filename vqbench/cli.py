@@ -1,4 +1,4 @@
-"""`vqbench` command line: tasks, submissions, run, leaderboard."""
+"""`vqbench` command line: tasks, submissions, run, validate, leaderboard."""
 from __future__ import annotations
 
 import argparse
@@ -78,6 +78,19 @@ def cmd_run(args) -> int:
     return 1 if summary.failed else 0
 
 
+def cmd_validate(args) -> int:
+    from vqbench.validate import format_check, validate
+    root = project_root()
+    results_dir = Path(args.results_dir) if args.results_dir else root / "results"
+    print(f"vqbench validate {args.submission}", flush=True)
+    checks = validate(args.submission, root, results_dir, args.task, args.seed, args.reproduce, args.timeout,
+                      on_check=lambda c: print(format_check(c), flush=True))
+    failed = [c for c in checks if not c.ok]
+    print(f"\n{len(checks)} check(s), {len(failed)} failed: "
+          f"{'the submission is valid' if not failed else 'the submission is NOT valid'}")
+    return 1 if failed else 0
+
+
 def cmd_leaderboard(args) -> int:
     from vqbench.leaderboard import check_leaderboard, write_leaderboard
     root = project_root()
@@ -128,6 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun jobs that already have a current result")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check a submission: schema, contract, anti-cheat probes, smoke run")
+    p.add_argument("submission", help="name under submissions/ or a folder")
+    p.add_argument("--task", help="task id whose dim/K the contract checks use (default: the smoke task's); "
+                                  "with --reproduce, the task to reproduce")
+    p.add_argument("--seed", type=int, help="with --reproduce: the seed to reproduce (default: any committed)")
+    p.add_argument("--reproduce", action="store_true", help="rerun a committed result and compare its metrics")
+    p.add_argument("--results-dir", help="where committed results are (default: results/)")
+    p.add_argument("--timeout", type=float, help="seconds for the contract checks and for each run")
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("leaderboard", help="regenerate leaderboard/ from results/")
     p.add_argument("--results-dir")

@@ -1,9 +1,9 @@
 """One job = one submission x task x seed, run to a result dict. Never raises for a job's own fault:
 whatever the submission does wrong becomes a `failed` result with the reason and the traceback.
 
-`execute_job` runs inside the job's own process (a serial executor's child, a Ray worker), under
-the limits of vqbench.sandbox; `accept_result` is the driver's side: it takes nothing from that
-process on trust but numbers and text in the expected places.
+`execute_job` runs inside the job's own process (a forked child of the serial driver or of a Ray
+worker) under the limits of vqbench.sandbox; `run_contained` is the supervisor's side: it takes
+nothing from that process on trust but numbers and text in the expected places.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 
 from vqbench.families import get_family
 from vqbench.results import provenance
-from vqbench.sandbox import is_out_of_memory, memory_limit_gb
+from vqbench.sandbox import is_out_of_memory, memory_limit_gb, run_in_child
 from vqbench.schema import ConfigError
 from vqbench.submissions import Submission
 from vqbench.train import JobFailure, check_rate, evaluate, seed_everything, train
@@ -93,12 +93,19 @@ def _problem(value: Any, submission: Submission, task, seed: int) -> str | None:
     return None
 
 
-def accept_result(value: Any, submission: Submission, task, seed: int, root: Path, executor: str,
-                  wall_time_s: float, output_tail: str = "") -> dict:
-    """The driver's check of what a job's process sent back; attaches the output tail to failures."""
+def run_contained(submission: Submission, task, seed: int, root: Path, executor: str, timeout_s: float,
+                  on_progress: Callable[[int], None] | None = None) -> dict:
+    """One job in a contained child (vqbench.sandbox), to a result: what the child sent back is
+    checked, and a child that hung, crashed or sent garbage becomes a failed result with the reason."""
+    outcome = run_in_child(job_in_child, (submission, task, seed, str(root), executor), timeout_s,
+                           memory_limit_gb(task), on_progress)
+    if outcome.failure:
+        return failed_result(submission, task, seed, root, outcome.failure, outcome.kind, executor,
+                             outcome.wall_time_s, outcome.output_tail or None)
+    value = outcome.value
     if (problem := _problem(value, submission, task, seed)) is not None:
         return failed_result(submission, task, seed, root, f"bad result from the job's process: {problem}",
-                             "BadResult", executor, wall_time_s)
-    if value["status"] == "failed" and output_tail:
-        value["error"]["output_tail"] = output_tail
+                             "BadResult", executor, outcome.wall_time_s)
+    if value["status"] == "failed" and outcome.output_tail:
+        value["error"]["output_tail"] = outcome.output_tail
     return value

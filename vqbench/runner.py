@@ -8,7 +8,6 @@ submissions/, tasks/ or leaderboard/ made while it ran.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,12 +18,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from vqbench.job import accept_result, execute_job, failed_result, job_in_child
+from vqbench.job import failed_result, run_contained
 from vqbench.results import clean_partial_writes, is_done, result_path, write_result
-from vqbench.sandbox import Guard, bounded_output, contain, memory_limit_gb, run_in_child, tamper_reason
+from vqbench.sandbox import Guard, tamper_reason
 from vqbench.submissions import Submission, submissions_dir
 
 console = Console(stderr=True)
+WORKER_GRACE_S = 60.0  # Ray backstop on top of a job's limit: a fresh worker imports torch first
 
 
 @dataclass(frozen=True)
@@ -64,47 +64,28 @@ def plan(submissions: Iterable[Submission], tasks: Iterable, seeds: list[int] | 
     return todo, skipped
 
 
-def _one_thread() -> None:
-    # Workers share the CPU: one torch thread each, or 2-thread matmuls collapse under contention.
-    import torch
-    torch.set_num_threads(1)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-
 def run_serial(jobs: list[Job], root: Path, timeout_s: float | None, on_result: Callable[[Job, dict], None],
                progress: Progress | None = None) -> None:
     """One job at a time, each in a forked child: a crash, hang or memory blow-up ends the child only."""
     for job in jobs:
-        limit = timeout_s or job.task.resources.timeout_s
         steps = progress.add_task(f"  {job.label}", total=job.task.train.steps) if progress else None
         try:
-            outcome = run_in_child(job_in_child, (job.submission, job.task, job.seed, str(root), "serial"),
-                                   limit, memory_limit_gb(job.task),
+            result = run_contained(job.submission, job.task, job.seed, root, "serial",
+                                   timeout_s or job.task.resources.timeout_s,
                                    on_progress=(lambda s: progress.update(steps, completed=s)) if progress else None)
         finally:
             if progress:
                 progress.remove_task(steps)
-        if outcome.failure:
-            result = failed_result(job.submission, job.task, job.seed, root, outcome.failure, outcome.kind,
-                                   "serial", outcome.wall_time_s, outcome.output_tail or None)
-        else:
-            result = accept_result(outcome.value, job.submission, job.task, job.seed, root, "serial",
-                                   outcome.wall_time_s, outcome.output_tail)
         on_result(job, result)
 
 
-def _remote_job(submission, task, seed, root):
-    """A Ray worker used for this job alone (max_calls=1): limits, scratch cwd, bounded output.
-    Returns JSON text, so the driver unpickles nothing the submission could have shaped."""
+def _remote_job(submission, task, seed, root, timeout_s):
+    """The Ray worker only supervises: the job runs in a contained child of it, exactly as in the
+    serial executor, so the worker (and what it returns to the driver) never runs submission code."""
     import ray
-    _one_thread()
-    contain(memory_limit_gb(task))
-    with bounded_output() as tail:
-        result = execute_job(submission, task, seed, Path(root), "ray")
+    result = run_contained(submission, task, seed, Path(root), "ray", timeout_s)
     result["provenance"]["ray_node"] = ray.get_runtime_context().get_node_id()
-    if result["status"] == "failed" and tail.text:
-        result["error"]["output_tail"] = tail.text
-    return json.dumps(result, allow_nan=False, default=str)
+    return result
 
 
 def run_ray(jobs: list[Job], root: Path, timeout_s: float | None, on_result: Callable[[Job, dict, list[Job]], None],
@@ -118,21 +99,21 @@ def run_ray(jobs: list[Job], root: Path, timeout_s: float | None, on_result: Cal
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     else:
-        ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+        # address="local": always a private instance; a cluster already running on this machine
+        # (ray start, another run) would otherwise be joined, and refuses num_cpus.
+        ray.init(address="local", num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     try:
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
         slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        # max_calls=1: a fresh worker per job, so class-level or global state, a memory limit or a
-        # changed cwd never carries over to the next job.
-        remote = ray.remote(max_retries=0, max_calls=1)(_remote_job)
+        remote = ray.remote(max_retries=0)(_remote_job)
         pending = list(jobs)
         running: dict = {}  # ref -> (job, start time)
 
         def submit(job: Job) -> None:
             gpus = job.task.resources.gpus if has_gpu else 0
             ref = remote.options(num_cpus=job.task.resources.cpus, num_gpus=gpus).remote(
-                job.submission, job.task, job.seed, str(root))
+                job.submission, job.task, job.seed, str(root), timeout_s or job.task.resources.timeout_s)
             running[ref] = (job, time.monotonic())
 
         # Submit no more than there are slots, so a job's clock starts when it starts running.
@@ -140,7 +121,9 @@ def run_ray(jobs: list[Job], root: Path, timeout_s: float | None, on_result: Cal
             while pending and len(running) < slots:
                 submit(pending.pop(0))
             now = time.monotonic()
-            deadlines = {ref: start + (timeout_s or job.task.resources.timeout_s)
+            # The worker enforces the limit on its child; this backstop (plus time for a fresh worker to
+            # start) catches a worker that itself stops answering.
+            deadlines = {ref: start + (timeout_s or job.task.resources.timeout_s) + WORKER_GRACE_S
                          for ref, (job, start) in running.items()}
             wait_for = max(0.05, min(deadlines.values()) - now)
             ready, _ = ray.wait(list(running), num_returns=1, timeout=wait_for)
@@ -148,8 +131,7 @@ def run_ray(jobs: list[Job], root: Path, timeout_s: float | None, on_result: Cal
                 job, start = running.pop(ref)
                 elapsed = time.monotonic() - start
                 try:
-                    result = accept_result(json.loads(ray.get(ref)), job.submission, job.task, job.seed,
-                                           root, "ray", elapsed)
+                    result = ray.get(ref)
                 except WorkerCrashedError as e:
                     result = failed_result(job.submission, job.task, job.seed, root,
                                            "worker crashed: the job's process died (segfault, abort or "
@@ -163,7 +145,7 @@ def run_ray(jobs: list[Job], root: Path, timeout_s: float | None, on_result: Cal
             for ref in [r for r, d in deadlines.items() if r in running and now >= d]:
                 job, start = running.pop(ref)
                 ray.cancel(ref, force=True)
-                limit = timeout_s or job.task.resources.timeout_s
+                limit = (timeout_s or job.task.resources.timeout_s) + WORKER_GRACE_S
                 on_result(job, failed_result(job.submission, job.task, job.seed, root,
                                              f"timeout: job exceeded {limit:.0f} s and was cancelled",
                                              "JobTimeout", "ray", now - start), [j for j, _ in running.values()])
@@ -175,7 +157,7 @@ def run(jobs: list[Job], root: Path, results_dir: Path, executor: str = "ray", w
         address: str | None = None, timeout_s: float | None = None, show_progress: bool = True) -> RunSummary:
     summary = RunSummary()
     clean_partial_writes(results_dir)
-    guard = Guard([results_dir, submissions_dir(root), root / "tasks", root / "leaderboard"])
+    guard = Guard([results_dir, root / "results", submissions_dir(root), root / "tasks", root / "leaderboard"])
     suspects: dict[tuple, str] = {}  # Ray: jobs running alongside a detected write, failed when they land
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, disable=not show_progress, transient=False) as progress:

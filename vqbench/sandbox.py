@@ -1,11 +1,12 @@
 """Containing a submission: the process its code runs in, and the files it must not touch.
 
 - `run_in_child(target, args, ...)`: a forked child (forkserver: torch is imported once, a fork
-  costs milliseconds) with a wall-clock limit, a memory limit, a scratch cwd and bounded output.
-  It talks to the driver in length-limited JSON, never pickle: whatever the submission does in
-  its process cannot make the driver run code or hold unbounded data.
-- `contain(memory_gb)` / `bounded_output()`: the same limits applied in any job process
-  (the serial executor's child, a Ray worker).
+  costs milliseconds) with a wall-clock limit, a memory limit (`contain`), a scratch cwd and
+  bounded output (`bounded_output`), in a process group of its own that dies with its parent.
+  It talks to its supervisor (the serial driver, or a Ray worker) in length-limited JSON, never
+  pickle: whatever the submission does in its process cannot make the supervisor run code or
+  hold unbounded data. Every job and every `vqbench validate` check runs this way; scripts that
+  call into it need the usual `if __name__ == "__main__":` guard (children import __main__).
 - `Guard`: the driver alone writes results; a guard snapshots results/, submissions/, tasks/ and
   leaderboard/ and, after every job, reports and undoes any change the driver did not make.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import math
 import multiprocessing
 import os
 import resource
@@ -242,7 +242,7 @@ class Guard:
     """
 
     def __init__(self, folders: list[Path]):
-        self.folders = [Path(f).resolve() for f in folders]
+        self.folders = list(dict.fromkeys(Path(f).resolve() for f in folders))
         self.state = self._scan()
         self.backup = {p: p.read_bytes() for p in self.state}
 
@@ -294,5 +294,3 @@ def tamper_reason(paths: list[str]) -> str:
     return f"tampering: the job changed files only the driver may write ({shown}); restored"
 
 
-def finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
