@@ -93,13 +93,15 @@ def test_rate_budget_is_enforced(project):
 
 def test_ray_executor_survives_failing_hanging_and_crashing_jobs(project):
     results = project / "results"
-    summary, _ = run_jobs(["minimal", "raises", "hangs", "crashes"], [get_task("synthetic/tiny")], results,
-                          executor="ray", workers=2, timeout_s=25)
+    summary, _ = run_jobs(["minimal", "raises", "hangs", "crashes", "segfaults", "cheat_cache"],
+                          [get_task("synthetic/tiny")], results, executor="ray", workers=2, timeout_s=25)
     reasons = {r["submission"]: r["error"]["reason"] for r in summary.failed}
     assert [r["submission"] for r in summary.done] == ["minimal"]
     assert reasons["raises"] == "RuntimeError: fixture exploded on purpose"
-    assert reasons["hangs"] == "timeout: job exceeded 25 s"
-    assert reasons["crashes"].startswith("worker crashed")
+    assert reasons["hangs"] == "timeout: job exceeded 25 s"  # the worker kills its child: the worker lives on
+    assert reasons["crashes"].startswith("worker crashed: the job's process died (killed by SIGABRT")
+    assert reasons["segfaults"].startswith("worker crashed: the job's process died (killed by SIGSEGV")
+    assert reasons["cheat_cache"].startswith("evaluation: decode(codes) changed after the eval pass began")
     assert read_result(result_path(results, "minimal", "synthetic/tiny", 0))["provenance"]["executor"] == "ray"
 
 

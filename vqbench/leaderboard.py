@@ -230,7 +230,7 @@ def render(results_dir: Path, root: Path | None = None) -> dict[str, bytes]:
             out += [f"## {family}", "", *sections]
     if failed:
         out += ["## Failed jobs", "", tabulate(
-            [(md_escape(r["submission"]), md_escape(r["task"]), r["seed"], md_escape(r["error"]["reason"], 200))
+            [(md_escape(r["submission"]), md_escape(r["task"]), md_escape(r["seed"]), md_escape(r["error"]["reason"], 200))
              for r in sorted(failed, key=lambda r: (r["submission"], r["task"], r["seed"]))],
             headers=["submission", "task", "seed", "reason"], tablefmt="github", disable_numparse=True), ""]
     out += ["## Submissions", "", tabulate(

@@ -20,8 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from vqbench.job import failed_result, run_contained
 from vqbench.results import clean_partial_writes, is_done, result_path, write_result
-from vqbench.sandbox import Guard, tamper_reason
-from vqbench.submissions import Submission, submissions_dir
+from vqbench.sandbox import Guard, protected_folders, tamper_reason
+from vqbench.submissions import Submission
 
 console = Console(stderr=True)
 WORKER_GRACE_S = 60.0  # Ray backstop on top of a job's limit: a fresh worker imports torch first
@@ -157,7 +157,7 @@ def run(jobs: list[Job], root: Path, results_dir: Path, executor: str = "ray", w
         address: str | None = None, timeout_s: float | None = None, show_progress: bool = True) -> RunSummary:
     summary = RunSummary()
     clean_partial_writes(results_dir)
-    guard = Guard([results_dir, root / "results", submissions_dir(root), root / "tasks", root / "leaderboard"])
+    guard = Guard(protected_folders(root, results_dir))
     suspects: dict[tuple, str] = {}  # Ray: jobs running alongside a detected write, failed when they land
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, disable=not show_progress, transient=False) as progress:

@@ -289,6 +289,12 @@ class Guard:
         return str(path)
 
 
+def protected_folders(root: Path, results_dir: Path | None = None) -> list[Path]:
+    """What only the driver may write: results (the run's and the project's), code, tasks, leaderboard."""
+    return [*([results_dir] if results_dir else []), root / "results", root / "submissions", root / "tasks",
+            root / "leaderboard"]
+
+
 def tamper_reason(paths: list[str]) -> str:
     shown = ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
     return f"tampering: the job changed files only the driver may write ({shown}); restored"

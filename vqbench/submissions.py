@@ -9,6 +9,7 @@ import fnmatch
 import hashlib
 import importlib
 import importlib.util
+import re
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -39,6 +40,10 @@ class SubmissionMeta:
     requires: list[str] = field(default_factory=list)  # optional extra packages (import names)
 
     def validate(self) -> None:
+        # The name becomes a folder under results/ and a code span on the leaderboard: plain characters only.
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.name):
+            raise ConfigError(None, "name", f"{self.name!r} is not a plain name",
+                              "use letters, digits, '_', '-', '.' (at most 64), starting with a letter or digit")
         if ":" not in self.entrypoint or not all(self.entrypoint.split(":", 1)):
             raise ConfigError(None, "entrypoint", f"{self.entrypoint!r} is not 'module:Class'",
                               "write e.g. 'entrypoint: quantizer:MyQuantizer' for quantizer.py")

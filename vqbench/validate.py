@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import io
 import math
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ import torch
 
 from vqbench.contract import Quantizer, QuantizerOutput
 from vqbench.results import iter_results
-from vqbench.sandbox import run_in_child
+from vqbench.sandbox import Guard, protected_folders, run_in_child, tamper_reason
 from vqbench.schema import ConfigError
 from vqbench.submissions import Submission, get_submission
 from vqbench.train import (JobFailure, check_output, check_rate, code_index, decode_table, max_difference,
@@ -37,7 +38,7 @@ from vqbench.train import (JobFailure, check_output, check_rate, code_index, dec
 SMOKE_TASK = Path(__file__).parent / "smoke_tasks" / "synthetic" / "smoke.yaml"
 IMPORT_TIMEOUT_S = 60.0
 CHECKS_TIMEOUT_S = 180.0
-CHECKS_MEMORY_GB = 2.0  # the checks use tensors of kilobytes; a quantizer that needs more is broken
+CHECKS_MEMORY_GB = 1.0  # the checks use tensors of kilobytes; a quantizer that needs more is broken
 # CPU jobs are deterministic given seed, one thread, torch build and CPU kind: a rerun on the same
 # machine type matches to the last bit. 1e-6 relative leaves room for summation order in a BLAS
 # of another build, and is still far below any difference the leaderboard shows (3-4 digits).
@@ -314,6 +315,12 @@ def scan_source(submission: Submission) -> list[str]:
     return problems
 
 
+def files_check(guard: Guard) -> Check:
+    changed = guard.check()
+    return Check("files: import and contract checks wrote nothing into results/, submissions/, tasks/, "
+                 "leaderboard/", not changed, tamper_reason(changed) if changed else "ok")
+
+
 def smoke_task():
     from vqbench.tasks import load_task_file
     return load_task_file(SMOKE_TASK, SMOKE_TASK.parents[1])[0]
@@ -398,10 +405,12 @@ def validate(name_or_path: str, root: Path, results_dir: Path | None = None, tas
     problems = scan_source(submission)
     add(Check("source: imports only the public API (vqbench, vqbench.ops); no gc/inspect/ctypes/frames",
               not problems, "; ".join(problems) or "ok"))
+    guard = Guard(protected_folders(root, results_dir))  # the smoke run has its own, in the runner
     outcome = run_in_child(_import_in_child, (submission,), IMPORT_TIMEOUT_S, CHECKS_MEMORY_GB)
     if outcome.failure or outcome.value is None:
         add(Check("import (separate process, time limit)", False,
                   outcome.failure or "no class came back"))
+        add(files_check(guard))
         return checks
     add(Check("import (separate process, time limit)", True, f"{outcome.value} ({outcome.wall_time_s:.1f} s)"))
 
@@ -424,6 +433,8 @@ def validate(name_or_path: str, root: Path, results_dir: Path | None = None, tas
         add(Check(f"contract: {title}", False, f"{outcome.failure or 'no report'} (dim {dim}, K {k})" if i == 0
                   else "not run: an earlier check did not finish"))
 
+    add(files_check(guard))
+
     smoke = smoke_task()
     with tempfile.TemporaryDirectory(prefix="vqbench-smoke-") as tmp:
         result = _run_one(submission, smoke, smoke.seeds[0], root, Path(tmp), timeout_s)
@@ -442,6 +453,9 @@ def validate(name_or_path: str, root: Path, results_dir: Path | None = None, tas
 
 
 def format_check(check: Check) -> str:
-    head, *rest = (check.detail or "").splitlines() or [""]
+    """One report entry; control characters from the submission (ANSI escapes in an error message)
+    are shown as '?', so a report cannot rewrite a terminal or a CI log."""
+    detail = re.sub(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]", "?", check.detail or "")
+    head, *rest = detail.splitlines() or [""]
     lines = [f"{'PASS' if check.ok else 'FAIL'}  {check.name}" + (f": {head}" if head else "")]
     return "\n".join(lines + [f"        {line}" for line in rest])

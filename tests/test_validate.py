@@ -1,0 +1,134 @@
+"""`vqbench validate`: the report for good submissions, each bad one, --reproduce, and hostile text."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from vqbench.cli import main
+from vqbench.results import result_path
+from vqbench.runner import plan, run
+from vqbench.submissions import get_submission
+from vqbench.tasks import get_task
+from vqbench.validate import CONTRACT_CHECKS, validate
+
+from conftest import REPO
+
+SMOKE = "smoke run: synthetic/smoke through the runner (sandbox, rate-enforcing evaluation)"
+CHECK_COUNT = 3 + len(CONTRACT_CHECKS) + 2  # schema, source, import; contract; files; smoke
+FILES = "files: import and contract checks wrote nothing into results/, submissions/, tasks/, leaderboard/"
+
+
+def contract(title_start: str) -> str:
+    return next(f"contract: {t}" for t, _ in CONTRACT_CHECKS if t.startswith(title_start))
+
+
+@pytest.mark.parametrize("name", ["minimal", "vq"])
+def test_good_submissions_pass_every_check(project, capsys, name):
+    shutil.copytree(REPO / "submissions" / "vq", project / "submissions" / "vq")
+    assert main(["validate", name]) == 0
+    report = capsys.readouterr().out.splitlines()
+    entries = [line for line in report if line.startswith(("PASS", "FAIL"))]
+    assert len(entries) == CHECK_COUNT and all(line.startswith("PASS  ") for line in entries), report
+    assert any(line.startswith(f"PASS  {SMOKE}: utilization ") for line in entries)
+    assert report[-1] == f"{CHECK_COUNT} check(s), 0 failed: the submission is valid"
+
+
+# name -> {failed check: words its reason contains}; exactly these checks fail
+BAD = {
+    "cheat_cache": {contract("decode(codes) equals z_q"): "differs from z_q in eval mode",
+                    contract("decode ignores"): "changed after forward() saw other inputs",
+                    SMOKE: "evaluation: decode(codes) changed after the eval pass began"},
+    "cheat_passthrough": {contract("decode(codes) equals z_q"): "differs from z_q in eval mode",
+                          SMOKE: "evaluation: z_q differs from decode(codes) in eval mode"},
+    "cheat_eval_rate": {contract("rate"): "eval mode: rate budget exceeded: 16.000 bits/token > log2(K) = 8.000",
+                        SMOKE: "evaluation: rate budget exceeded"},
+    "no_gradient": {contract("gradient"): "no gradient reaches z through z_q"},
+    "nan_output": {SMOKE: "non-finite loss at training step 5"},
+    "tampers": {FILES: "tampering: the job changed files only the driver may write "
+                       "(results/tampers/synthetic/tiny/seed-9.json, submissions/minimal/quantizer.py); restored",
+                SMOKE: "tampering: the job changed files only the driver may write "
+                       "(results/tampers/synthetic/tiny/seed-9.json, submissions/minimal/quantizer.py); restored"},
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_submissions_fail_exactly_the_checks_they_break(project, name):
+    before = {p: p.read_bytes() for p in (project / "submissions").rglob("*.py")}
+    checks = validate(name, project)
+    failed = {c.name: c.detail for c in checks if not c.ok}
+    assert set(failed) == set(BAD[name]), failed
+    assert before == {p: p.read_bytes() for p in (project / "submissions").rglob("*.py")}
+    for check, words in BAD[name].items():
+        assert words in failed[check], (check, failed[check])
+    assert len(checks) == CHECK_COUNT
+
+
+@pytest.mark.parametrize("name, first, words", [
+    ("cheat_float_codes", contract("forward"), "train mode: codes must be an int64 tensor, got torch.float32"),
+    ("cheat_out_of_range", contract("forward"), "train mode: codes outside [0, 256)"),
+    ("segfaults", contract("rate"), "worker crashed: the job's process died (killed by SIGSEGV"),
+    ("memory_hog", contract("rate"), "can't allocate memory"),
+])
+def test_codes_crashes_and_memory_fail_their_checks_and_the_smoke_run(project, name, first, words):
+    failed = {c.name: c.detail for c in validate(name, project) if not c.ok}
+    assert words in failed[first], failed
+    assert SMOKE in failed
+
+
+def test_a_hanging_submission_cannot_hang_validate(project):
+    failed = {c.name: c.detail for c in validate("hangs", project, timeout_s=3) if not c.ok}
+    assert failed[contract("rate")] == "timeout: job exceeded 3 s (dim 8, K 256)"
+    assert failed[contract("forward")] == "not run: an earlier check did not finish"
+    assert failed[SMOKE] == "timeout: job exceeded 3 s"
+
+
+def test_source_reaching_into_the_harness_is_refused(project):
+    code = project / "submissions" / "minimal" / "quantizer.py"
+    code.write_text("import gc\nimport vqbench.train\n" + code.read_text())
+    failed = {c.name: c.detail for c in validate("minimal", project) if not c.ok}
+    assert list(failed) == ["source: imports only the public API (vqbench, vqbench.ops); no gc/inspect/ctypes/frames"]
+    assert failed[next(iter(failed))] == "quantizer.py:1: imports gc; quantizer.py:2: imports vqbench.train"
+
+
+def test_broken_schema_stops_early_and_exits_1(project, capsys):
+    yaml = project / "submissions" / "minimal" / "submission.yaml"
+    yaml.write_text(yaml.read_text() + "homepage: x\n")
+    assert main(["validate", "minimal"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  schema: submission.yaml: " in out and "unknown key" in out and "1 check(s), 1 failed" in out
+
+
+def test_control_characters_in_reasons_do_not_reach_the_terminal(project, capsys):
+    code = project / "submissions" / "raises" / "quantizer.py"
+    code.write_text(code.read_text().replace('"fixture exploded on purpose"', '"\\x1b[2J\\x1b]0;owned\\x07 boom"'))
+    assert main(["validate", "raises"]) == 1
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "?[2J?]0;owned? boom" in out
+
+
+def test_reproduce_matches_a_committed_result_and_names_a_metric_that_differs(project):
+    results = project / "results"
+    jobs, _ = plan([get_submission("minimal")], [get_task("synthetic/tiny")], [0], results, False)
+    assert not run(jobs, Path(os.environ["VQBENCH_ROOT"]), results, "serial", show_progress=False).failed
+    checks = validate("minimal", project, results, "synthetic/tiny", do_reproduce=True)
+    repro = checks[-1]
+    assert repro.ok and repro.name.startswith("reproduce a committed result (rel 1e-06"), repro.detail
+    assert repro.detail.splitlines()[0] == "synthetic/tiny seed 0"
+    assert "difference 0 (rel 0)" in repro.detail and "MISMATCH" not in repro.detail
+
+    path = result_path(results, "minimal", "synthetic/tiny", 0)
+    committed = json.loads(path.read_text())
+    committed["metrics"]["mse"] *= 1.001
+    path.write_text(json.dumps(committed))
+    repro = validate("minimal", project, results, "synthetic/tiny", do_reproduce=True)[-1]
+    mismatched = [line for line in repro.detail.splitlines() if "MISMATCH" in line]
+    assert not repro.ok and len(mismatched) == 1 and mismatched[0].startswith("mse: committed ")
+
+
+def test_reproduce_without_a_committed_result_says_so(project):
+    repro = validate("minimal", project, project / "results", "synthetic/tiny", do_reproduce=True)[-1]
+    assert not repro.ok and repro.detail.startswith("no current successful result of task 'synthetic/tiny'")
