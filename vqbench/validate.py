@@ -67,6 +67,15 @@ def _warm_up(q: Quantizer, dim: int, steps: int = 3) -> None:
         q(_inputs(dim, 100 + step))
 
 
+def _warmed_in_eval(build: Build, dim: int, k: int) -> tuple[Quantizer, int, int]:
+    """A fresh quantizer after a few training steps, in eval mode, with its declared (size, depth)."""
+    q = build(0)
+    size, depth = check_rate(q, k)
+    _warm_up(q, dim)
+    q.eval()
+    return q, size, depth
+
+
 def _forward(q: Quantizer, z: torch.Tensor, size: int, depth: int, where: str) -> QuantizerOutput:
     return check_output(q(z), z, where, size, depth)
 
@@ -108,10 +117,7 @@ def check_gradient(build: Build, dim: int, k: int) -> str:
 
 
 def check_decode_equals_zq(build: Build, dim: int, k: int) -> str:
-    q = build(0)
-    size, depth = check_rate(q, k)
-    _warm_up(q, dim)
-    q.eval()
+    q, size, depth = _warmed_in_eval(build, dim, k)
     z = _inputs(dim, 3, (4, 7))
     with torch.no_grad():
         out = _forward(q, z, size, depth, "eval mode")
@@ -125,10 +131,7 @@ def check_decode_equals_zq(build: Build, dim: int, k: int) -> str:
 
 def check_decode_pure(build: Build, dim: int, k: int) -> str:
     """What evaluation relies on: every code tuple has one vector, whatever the order, batch or position."""
-    q = build(0)
-    size, depth = check_rate(q, k)
-    _warm_up(q, dim)
-    q.eval()
+    q, size, depth = _warmed_in_eval(build, dim, k)
     with torch.no_grad():
         table = decode_table(q, size, depth, dim, torch.device("cpu"))
         gen = torch.Generator().manual_seed(4)
@@ -149,10 +152,7 @@ def check_decode_pure(build: Build, dim: int, k: int) -> str:
 
 def check_decode_ignores_forward(build: Build, dim: int, k: int) -> str:
     """decode(codes) must not change after forward() sees other inputs: no cache of z can feed it."""
-    q = build(0)
-    size, depth = check_rate(q, k)
-    _warm_up(q, dim)
-    q.eval()
+    q, size, depth = _warmed_in_eval(build, dim, k)
     with torch.no_grad():
         codes = _forward(q, _inputs(dim, 5), size, depth, "eval mode").codes
         before = q.decode(codes.clone())
