@@ -22,12 +22,11 @@ from vqbench.paths import cache_home
 def kmeans_plus_plus(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
     n = x.shape[0]
     centers = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
-    centers[0] = x[torch.randint(n, (1,), generator=gen).item()]
+    centers[0] = x[torch.randint(n, (1,), generator=gen, device=x.device)]
     dist = ((x - centers[0]) ** 2).sum(1)
     for i in range(1, k):
         probs = dist / dist.sum() if dist.sum() > 0 else torch.full_like(dist, 1.0 / n)
-        pick = torch.multinomial(probs.cpu(), 1, generator=gen).item()
-        centers[i] = x[pick]
+        centers[i] = x[torch.multinomial(probs, 1, generator=gen)]  # stays on device: no sync per centre
         dist = torch.minimum(dist, ((x - centers[i]) ** 2).sum(1))
     return centers
 
@@ -57,7 +56,7 @@ def kmeans(x: Tensor, k: int, n_init: int = 3, seed: int = 0, max_iters: int = 1
     x = x.reshape(-1, x.shape[-1]).float()
     if k >= x.shape[0]:
         return x.clone(), 0.0
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=x.device).manual_seed(seed)
     best = (None, float("inf"))
     for _ in range(n_init):
         centers, mse = lloyd(x, kmeans_plus_plus(x, k, gen), max_iters)
