@@ -105,7 +105,8 @@ def run_ray(jobs: list[Job], root: Path, timeout_s: float | None, on_result: Cal
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     else:
-        ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+        # address="local": a fresh private instance even if a `ray start` cluster runs on this machine
+        ray.init(address="local", num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     try:
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
