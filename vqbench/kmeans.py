@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from pathlib import Path
 
 import torch
 from torch import Tensor
