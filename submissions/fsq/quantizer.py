@@ -21,11 +21,13 @@ LEVELS = {2 ** 8: [8, 6, 5], 2 ** 10: [8, 5, 5, 5], 2 ** 12: [7, 5, 5, 5, 5],
 
 
 def levels_for(codebook_size: int) -> list[int]:
-    """The largest table entry whose target size is <= K. Below 2^8 (outside the paper's table) we
-    split floor(log2 K) bits over two channels, e.g. 16 -> [4, 4], 128 -> [16, 8]."""
-    fits = [k for k in LEVELS if k <= codebook_size]
+    """The largest table entry with prod(levels) <= K, so FSQ never spends more bits than the task
+    allows. The table's sizes are approximate: 2^12 -> [7, 5, 5, 5, 5] is 4375 codes (12.1 bits),
+    so K = 4096 gets [8, 5, 5, 5] (1000 codes). Below 2^8 (outside the paper's table) we split
+    floor(log2 K) bits over two channels, e.g. 16 -> [4, 4], 128 -> [16, 8]."""
+    fits = [levels for levels in LEVELS.values() if math.prod(levels) <= codebook_size]
     if fits:
-        return LEVELS[max(fits)]
+        return max(fits, key=math.prod)
     bits = max(int(math.log2(codebook_size)), 1)
     return [2 ** ((bits + 1) // 2), 2 ** (bits // 2)] if bits > 1 else [2]
 
