@@ -248,3 +248,45 @@ def test_cvq_moves_unused_codes_to_anchors():
     assert (after[used] - before[used]).norm(dim=1).max() < 0.05 * (anchors[used] - before[used]).norm(dim=1).min()
     q.eval()
     assert eval_utilization(q, z) > 3 * used.float().mean()
+
+
+def test_external_fsq_matches_zoo_fsq():
+    pytest.importorskip("vector_quantize_pytorch", reason="optional extra: pip install 'vqbench[external]'")
+    ours, ext = build("fsq", dim=16, codebook_size=2**10), build("ext_vqpytorch_fsq", dim=16, codebook_size=2**10)
+    assert ext.codebook_size == ours.codebook_size == 1000
+    with torch.no_grad():  # same projections -> the two implementations must emit the same codes
+        for a, b in ((ours.project_in, ext.module.project_in), (ours.project_out, ext.module.project_out)):
+            b.weight.copy_(a.weight)
+            b.bias.copy_(a.bias)
+    z = torch.randn(2, 200, 16) * 3
+    o, e = ours.eval()(z), ext.eval()(z)
+    assert torch.equal(o.codes, e.codes)
+    assert torch.allclose(o.z_q, e.z_q, atol=1e-5)
+    assert torch.equal(e.z_q, ext.decode(e.codes))
+    assert torch.allclose(ext.codebook(), ours.codebook(), atol=1e-5)
+
+
+def test_external_residual_vq_and_simvq_follow_the_contract():
+    pytest.importorskip("vector_quantize_pytorch", reason="optional extra: pip install 'vqbench[external]'")
+    z = torch.randn(4, 64, 8, requires_grad=True)
+    rvq = build("ext_vqpytorch_rvq", codebook_size=256).train()
+    assert rvq.depth == 2 and rvq.codebook_size == 16
+    out = rvq(z)
+    assert out.codes.shape == (4, 64, 2) and out.loss.dim() == 0
+    (out.z_q.sum() + out.loss).backward()
+    assert z.grad.abs().sum() > 0
+    out = rvq.eval()(z)
+    assert torch.equal(out.z_q, rvq.decode(out.codes)) and rvq.codebook().shape == (256, 8)
+
+    simvq = build("ext_vqpytorch_simvq").train()
+    frozen = simvq.module.frozen_codebook.clone()
+    opt = torch.optim.Adam(simvq.parameters(), lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        out = simvq(z.detach() + 2)
+        (out.z_q.square().mean() + out.loss).backward()
+        opt.step()
+    assert torch.equal(simvq.module.frozen_codebook, frozen)
+    out = simvq.eval()(z)
+    assert torch.equal(out.z_q, simvq.decode(out.codes))
+    assert torch.equal(out.z_q.detach(), simvq.codebook()[out.codes])
