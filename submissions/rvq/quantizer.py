@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vqbench import Quantizer, QuantizerOutput
-from vqbench.ops import ema_codebook_update, kmeans, nearest_code, restart_dead_codes, straight_through, usage_metrics
+from vqbench.ops import ema_codebook_update, joint_codes, kmeans, nearest_code, restart_dead_codes, straight_through, usage_metrics
 
 
 class RVQ(Quantizer):
@@ -72,6 +72,4 @@ class RVQ(Quantizer):
     def codebook(self) -> torch.Tensor:
         """All K = codebook_size^depth reachable points, row c0 + c1 * Kl + ... (the harness's joint
         symbol order), so the codebook rank counts what the decoder can actually receive."""
-        grids = torch.meshgrid(*[torch.arange(self.codebook_size, device=self.embed.device)] * self.depth, indexing="ij")
-        codes = torch.stack([g.flatten() for g in reversed(grids)], -1)  # first level varies fastest
-        return self.decode(codes)
+        return self.decode(joint_codes(self.codebook_size, self.depth, self.embed.device))
