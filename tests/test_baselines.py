@@ -78,7 +78,7 @@ def test_simvq_trains_w_not_basis_and_moves_every_code():
 
 
 def test_kmeans_vq_initializes_codebook_to_kmeans_centroids_of_first_batch():
-    from vqbench.ops import kmeans
+    from vqbench.kmeans import quick_kmeans
     q = build("kmeans_vq", codebook_size=16)
     random_init = q.codebook().clone()
     z = torch.cat([torch.randn(50, 8) + 4 * torch.randn(1, 8) for _ in range(4)]).view(2, 100, 8)
@@ -86,7 +86,7 @@ def test_kmeans_vq_initializes_codebook_to_kmeans_centroids_of_first_batch():
     torch.manual_seed(5)
     q(z)
     torch.manual_seed(5)
-    assert torch.equal(q.codebook(), kmeans(z, 16, iters=10))
+    assert torch.equal(q.codebook(), quick_kmeans(z, 16, iters=10))
     distortion = lambda cb: nearest_code(z.reshape(-1, 8), cb)[1].mean()
     assert distortion(q.codebook()) < 0.2 * distortion(random_init)
     # with fewer vectors than codes it waits for more batches instead of duplicating centroids

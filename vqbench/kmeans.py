@@ -50,6 +50,16 @@ def lloyd(x: Tensor, centers: Tensor, max_iters: int = 100, tol: float = 1e-5) -
     return centers, float(dist.sum()) / x.numel()
 
 
+@torch.no_grad()
+def quick_kmeans(x: Tensor, k: int, iters: int = 10) -> Tensor:
+    """A codebook init (SoundStream): k random rows (global RNG, with replacement when n < k), then
+    `iters` Lloyd steps. Cheap enough to run inside a training step; not the strong reference."""
+    x = x.reshape(-1, x.shape[-1]).float()
+    n = x.shape[0]
+    pick = torch.randperm(n, device=x.device)[:k] if n >= k else torch.randint(n, (k,), device=x.device)
+    return lloyd(x, x[pick].clone(), max_iters=iters, tol=0.0)[0]
+
+
 def kmeans(x: Tensor, k: int, n_init: int = 3, seed: int = 0, max_iters: int = 100) -> tuple[Tensor, float]:
     """Best-of-`n_init` k-means; returns (centers, mean squared error per element)."""
     x = x.reshape(-1, x.shape[-1]).float()

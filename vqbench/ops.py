@@ -91,25 +91,6 @@ def restart_dead_codes(embed: Tensor, cluster_size: Tensor, embed_sum: Tensor, z
     return dead.numel()
 
 
-@torch.no_grad()
-def kmeans(x: Tensor, k: int, iters: int = 10) -> Tensor:
-    """Lloyd's k-means on the rows of x (n, d) -> (k, d) centroids, seeded with k random rows
-    (with replacement when n < k). Empty clusters keep their previous centroid. Uses the global
-    RNG, so it is deterministic under torch.manual_seed.
-    """
-    x = x.reshape(-1, x.shape[-1]).float()
-    n = x.shape[0]
-    pick = torch.randperm(n, device=x.device)[:k] if n >= k else torch.randint(n, (k,), device=x.device)
-    centroids = x[pick].clone()
-    for _ in range(iters):
-        idx, _ = nearest_code(x, centroids)
-        counts = torch.bincount(idx, minlength=k).to(x.dtype)
-        sums = torch.zeros_like(centroids).index_add_(0, idx, x)
-        filled = counts > 0
-        centroids[filled] = sums[filled] / counts[filled].unsqueeze(1)
-    return centroids
-
-
 def uniform_init(codebook_size: int, dim: int) -> Tensor:
     """uniform(-1/K, 1/K): the codebook init of the reference PyTorch VQ-VAE ports and taming's VQGAN."""
     return torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size)

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from vqbench import Quantizer, QuantizerOutput
-from vqbench.ops import ema_codebook_update, joint_codes, kmeans, nearest_code, restart_dead_codes, straight_through, usage_metrics
+from vqbench.kmeans import quick_kmeans
+from vqbench.ops import ema_codebook_update, joint_codes, nearest_code, restart_dead_codes, straight_through, usage_metrics
 
 
 class RVQ(Quantizer):
@@ -43,7 +44,7 @@ class RVQ(Quantizer):
             embed, counts, sums = self.embed[level], self.cluster_size[level], self.embed_sum[level]  # views
             if first:  # k-means on this level's residuals of the first training batch
                 with torch.no_grad():
-                    embed.copy_(kmeans(residual, self.codebook_size, self.kmeans_iters))
+                    embed.copy_(quick_kmeans(residual, self.codebook_size, self.kmeans_iters))
                     sums.copy_(embed)
             idx, _ = nearest_code(residual, embed)
             q = embed[idx]  # a copy: the EMA step below does not change this step's output
