@@ -42,7 +42,8 @@ def lloyd(x: Tensor, centers: Tensor, max_iters: int = 100, tol: float = 1e-5) -
         centers = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centers)
         empty = (counts == 0).nonzero().flatten()
         if len(empty):  # re-seed at the points with the largest error
-            centers[empty] = x[dist.topk(len(empty)).indices]
+            m = min(len(empty), x.shape[0])
+            centers[empty[:m]] = x[dist.topk(m).indices]
         elif previous - mse <= tol * previous:
             break
         previous = mse
