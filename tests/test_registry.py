@@ -32,6 +32,8 @@ def test_sweep_expands_into_ids(project):
     assert task.quantizer.codebook_size == 64 and task.train.lr == 0.01
     assert len({t.hash for t in list_tasks("synthetic/grid*")}) == 4
     assert [t.id for t in list_tasks("synthetic/grid")] == ids  # a base id selects all its points
+    assert [t.id for t in list_tasks(["synthetic/grid@codebook_size=16,*", "synthetic/tiny"])] == \
+        ["synthetic/grid@codebook_size=16,lr=0.001", "synthetic/grid@codebook_size=16,lr=0.01", "synthetic/tiny"]
 
 
 def test_hash_covers_the_spec_and_is_stable(project):

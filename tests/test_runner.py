@@ -14,7 +14,7 @@ import pytest
 from vqbench.results import iter_results, read_result, result_path
 from vqbench.runner import plan, run
 from vqbench.submissions import get_submission
-from vqbench.tasks import get_task, list_tasks
+from vqbench.tasks import get_task
 
 from conftest import TINY_TASK, add_task
 

@@ -61,9 +61,9 @@ def cmd_run(args) -> int:
     submissions = [get_submission(name) for name in args.submission]
     for sub in submissions:
         sub.quantizer_class()  # fail fast on an unimportable submission, before any job starts
-    tasks = list_tasks(args.tasks, args.tier)
+    tasks = list_tasks(args.tasks or ["*"], args.tier)
     if not tasks:
-        raise ConfigError(None, "--tasks", f"no {args.tier or ''} task matches {args.tasks!r}",
+        raise ConfigError(None, "--tasks", f"no {args.tier or ''} task matches {' or '.join(args.tasks or ['*'])!r}",
                           "list them with `vqbench tasks list`")
     results_dir = Path(args.results_dir) if args.results_dir else root / "results"
     jobs, skipped = plan(submissions, tasks, args.seeds, results_dir, args.force)
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="train and evaluate submissions on tasks")
     p.add_argument("--submission", action="append", required=True, help="name or folder; repeatable")
-    p.add_argument("--tasks", default="*", help="glob over task ids, e.g. 'synthetic/*'")
+    p.add_argument("--tasks", action="append", help="glob over task ids, e.g. 'synthetic/*'; repeatable")
     p.add_argument("--tier", choices=["lite", "full"], default="lite")
     p.add_argument("--seeds", type=_seeds, help="comma-separated; default: each task's own seeds")
     p.add_argument("--results-dir", help="default: results/ in the project")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -22,12 +21,11 @@ from vqbench.paths import cache_home
 def kmeans_plus_plus(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
     n = x.shape[0]
     centers = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
-    centers[0] = x[torch.randint(n, (1,), generator=gen).item()]
+    centers[0] = x[torch.randint(n, (1,), generator=gen, device=x.device)]
     dist = ((x - centers[0]) ** 2).sum(1)
     for i in range(1, k):
         probs = dist / dist.sum() if dist.sum() > 0 else torch.full_like(dist, 1.0 / n)
-        pick = torch.multinomial(probs.cpu(), 1, generator=gen).item()
-        centers[i] = x[pick]
+        centers[i] = x[torch.multinomial(probs, 1, generator=gen)]  # stays on device: no sync per centre
         dist = torch.minimum(dist, ((x - centers[i]) ** 2).sum(1))
     return centers
 
@@ -44,7 +42,8 @@ def lloyd(x: Tensor, centers: Tensor, max_iters: int = 100, tol: float = 1e-5) -
         centers = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centers)
         empty = (counts == 0).nonzero().flatten()
         if len(empty):  # re-seed at the points with the largest error
-            centers[empty] = x[dist.topk(len(empty)).indices]
+            m = min(len(empty), x.shape[0])
+            centers[empty[:m]] = x[dist.topk(m).indices]
         elif previous - mse <= tol * previous:
             break
         previous = mse
@@ -52,12 +51,22 @@ def lloyd(x: Tensor, centers: Tensor, max_iters: int = 100, tol: float = 1e-5) -
     return centers, float(dist.sum()) / x.numel()
 
 
+@torch.no_grad()
+def quick_kmeans(x: Tensor, k: int, iters: int = 10) -> Tensor:
+    """A codebook init (SoundStream): k random rows (global RNG, with replacement when n < k), then
+    `iters` Lloyd steps. Cheap enough to run inside a training step; not the strong reference."""
+    x = x.reshape(-1, x.shape[-1]).float()
+    n = x.shape[0]
+    pick = torch.randperm(n, device=x.device)[:k] if n >= k else torch.randint(n, (k,), device=x.device)
+    return lloyd(x, x[pick].clone(), max_iters=iters, tol=0.0)[0]
+
+
 def kmeans(x: Tensor, k: int, n_init: int = 3, seed: int = 0, max_iters: int = 100) -> tuple[Tensor, float]:
     """Best-of-`n_init` k-means; returns (centers, mean squared error per element)."""
     x = x.reshape(-1, x.shape[-1]).float()
     if k >= x.shape[0]:
         return x.clone(), 0.0
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=x.device).manual_seed(seed)
     best = (None, float("inf"))
     for _ in range(n_init):
         centers, mse = lloyd(x, kmeans_plus_plus(x, k, gen), max_iters)

@@ -166,7 +166,7 @@ def sweep_plot(base_id: str, tasks_of_file: list, ok, subs) -> bytes | None:
     import matplotlib.pyplot as plt
     matplotlib.rcParams["svg.hashsalt"] = "vqbench"  # stable ids: the SVG is a pure function of results
     primary = get_family(tasks_of_file[0].family).primary_metric
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     for s in sorted({s for (tid, s) in ok if any(t.id == tid for t in tasks_of_file)}):
         for ax, name in zip(axes, ("utilization", primary)):
             xs, ys = [], []
@@ -184,9 +184,11 @@ def sweep_plot(base_id: str, tasks_of_file: list, ok, subs) -> bytes | None:
         ax.set_xlabel(field)
         ax.set_ylabel(column(name))
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="best")
+    axes[0].set_ylim(0, 1.02)  # utilization is a fraction: keep the full scale visible
+    handles, labels = axes[0].get_legend_handles_labels()
     fig.suptitle(base_id)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.78, 1))
+    fig.legend(handles, labels, fontsize=7, loc="center right")
     buf = io.BytesIO()
     fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     plt.close(fig)

@@ -1,19 +1,23 @@
 """Shared numeric kernels for quantizers and the harness."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
 @torch.no_grad()
-def nearest_code(z: Tensor, codebook: Tensor, chunk: int = 8192) -> tuple[Tensor, Tensor]:
+def nearest_code(z: Tensor, codebook: Tensor, budget: int = 2 ** 20) -> tuple[Tensor, Tensor]:
     """Index of the nearest row of `codebook` (K, d) for each row of `z` (n, d), and its squared distance.
 
     |z - c|^2 = |z|^2 - 2 z.c + |c|^2 computed with one addmm per chunk of rows: about twice as
-    fast as torch.cdist on CPU and memory bounded by chunk x K.
+    fast as torch.cdist on CPU (bench/nearest_code.py). A chunk holds at most `budget` distances,
+    so memory stays bounded at K = 2^18 too.
     """
     z = z.reshape(-1, codebook.shape[1])
+    chunk = max(1, budget // codebook.shape[0])
     c_sq = (codebook * codebook).sum(1)
     idx = torch.empty(z.shape[0], dtype=torch.long, device=z.device)
     dist = torch.empty(z.shape[0], dtype=z.dtype, device=z.device)
@@ -87,25 +91,30 @@ def restart_dead_codes(embed: Tensor, cluster_size: Tensor, embed_sum: Tensor, z
     return dead.numel()
 
 
-@torch.no_grad()
-def kmeans(x: Tensor, k: int, iters: int = 10) -> Tensor:
-    """Lloyd's k-means on the rows of x (n, d) -> (k, d) centroids, seeded with k random rows
-    (with replacement when n < k). Empty clusters keep their previous centroid. Uses the global
-    RNG, so it is deterministic under torch.manual_seed.
-    """
-    x = x.reshape(-1, x.shape[-1]).float()
-    n = x.shape[0]
-    pick = torch.randperm(n, device=x.device)[:k] if n >= k else torch.randint(n, (k,), device=x.device)
-    centroids = x[pick].clone()
-    for _ in range(iters):
-        idx, _ = nearest_code(x, centroids)
-        counts = torch.bincount(idx, minlength=k).to(x.dtype)
-        sums = torch.zeros_like(centroids).index_add_(0, idx, x)
-        filled = counts > 0
-        centroids[filled] = sums[filled] / counts[filled].unsqueeze(1)
-    return centroids
-
-
 def uniform_init(codebook_size: int, dim: int) -> Tensor:
     """uniform(-1/K, 1/K): the codebook init of the reference PyTorch VQ-VAE ports and taming's VQGAN."""
     return torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
+
+
+def joint_codes(codebook_size: int, depth: int, device=None) -> Tensor:
+    """All codebook_size^depth code tuples (N, depth), first level varying fastest: row i is the
+    tuple whose joint symbol sum_l c_l * codebook_size^l (the harness's order) equals i."""
+    i = torch.arange(codebook_size ** depth, device=device)
+    return torch.stack([(i // codebook_size ** level) % codebook_size for level in range(depth)], -1)
+
+
+# FSQ (Mentzer et al. 2023, arXiv 2309.15505) table 1: recommended levels per target codebook size
+FSQ_LEVELS = {2 ** 8: [8, 6, 5], 2 ** 10: [8, 5, 5, 5], 2 ** 12: [7, 5, 5, 5, 5],
+              2 ** 14: [8, 8, 8, 6, 5], 2 ** 16: [8, 8, 8, 5, 5, 5]}
+
+
+def fsq_levels(codebook_size: int) -> list[int]:
+    """The largest FSQ_LEVELS entry with prod(levels) <= K, so FSQ never spends more bits than the
+    task allows. The table's sizes are approximate: 2^12 -> [7, 5, 5, 5, 5] is 4375 codes (12.1
+    bits), so K = 4096 gets [8, 5, 5, 5] (1000 codes). Below 2^8 (outside the paper's table)
+    floor(log2 K) bits are split over two channels, e.g. 16 -> [4, 4], 128 -> [16, 8]."""
+    fits = [levels for levels in FSQ_LEVELS.values() if math.prod(levels) <= codebook_size]
+    if fits:
+        return list(max(fits, key=math.prod))
+    bits = max(int(math.log2(codebook_size)), 1)
+    return [2 ** ((bits + 1) // 2), 2 ** (bits // 2)] if bits > 1 else [2]

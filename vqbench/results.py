@@ -12,7 +12,6 @@ import platform
 import socket
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import metadata
@@ -110,10 +109,3 @@ def provenance(root: Path, submission_hash: str, task, device: str, wall_time_s:
         "wall_time_s": round(wall_time_s, 3),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-@dataclass
-class Staleness:
-    current: list[dict]
-    stale: list[tuple[Path, str]]  # (file, why)
-    unreadable: list[Path]

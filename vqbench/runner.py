@@ -2,7 +2,7 @@
 
 The driver alone writes result files, one atomic rename each, so a crash of any worker, or a
 SIGKILL of the driver, leaves only whole files behind, and a rerun picks up what is missing.
-Every job runs in a process of its own (serial: a forked child; Ray: a worker used once) under
+Every job runs in a process of its own (a forked child of the serial driver or of a Ray worker) under
 vqbench.sandbox's limits, and a guard undoes (and fails the job for) any write into results/,
 submissions/, tasks/ or leaderboard/ made while it ran.
 """
@@ -99,8 +99,7 @@ def run_ray(jobs: list[Job], root: Path, timeout_s: float | None, on_result: Cal
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     else:
-        # address="local": always a private instance; a cluster already running on this machine
-        # (ray start, another run) would otherwise be joined, and refuses num_cpus.
+        # address="local": a fresh private instance even if a `ray start` cluster runs on this machine
         ray.init(address="local", num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     try:

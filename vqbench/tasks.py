@@ -11,7 +11,7 @@ import fnmatch
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -203,11 +203,13 @@ def load_registry(root: Path | None = None) -> dict[str, Task]:
     return registry
 
 
-def list_tasks(pattern: str = "*", tier: str | None = None, root: Path | None = None) -> list[Task]:
-    """Tasks whose id matches a glob; `synthetic/*` includes every sweep point of every file."""
+def list_tasks(pattern: str | list[str] = "*", tier: str | None = None, root: Path | None = None) -> list[Task]:
+    """Tasks whose id matches a glob (or any of a list of globs); `synthetic/*` includes every sweep
+    point of every file, and a base id like `synthetic/code-dim` selects all its points."""
     registry = load_registry(root)
+    globs = [pattern] if isinstance(pattern, str) else pattern
     chosen = [t for t in registry.values()
-              if (fnmatch.fnmatch(t.id, pattern) or fnmatch.fnmatch(t.base_id, pattern))
+              if any(fnmatch.fnmatch(t.id, g) or fnmatch.fnmatch(t.base_id, g) for g in globs)
               and (tier is None or t.tier == tier)]
     return sorted(chosen, key=lambda t: (t.base_id, [str(type(v)) for _, v in t.sweep_point], [v for _, v in t.sweep_point]))
 
@@ -218,7 +220,3 @@ def get_task(task_id: str, root: Path | None = None) -> Task:
         raise ConfigError(None, "task", f"no task {task_id!r}",
                           f"{did_you_mean(task_id, registry)}list them with `vqbench tasks list`")
     return registry[task_id]
-
-
-def with_overrides(task: Task, **changes: Any) -> Task:
-    return replace(task, **changes)

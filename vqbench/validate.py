@@ -46,7 +46,7 @@ CHECKS_MEMORY_GB = 1.0  # the checks use tensors of kilobytes; a quantizer that 
 # amplifies them: expect a mismatch there, which the report's provenance notes point out.
 REPRODUCE_RTOL = 1e-6
 REPRODUCE_ATOL = 1e-9
-PUBLIC_MODULES = ("vqbench", "vqbench.contract", "vqbench.ops")  # what a submission may import from us
+PUBLIC_MODULES = ("vqbench", "vqbench.contract", "vqbench.ops", "vqbench.adapters")  # what a submission may import
 SUSPECT_MODULES = ("gc", "inspect", "ctypes")  # reach into other objects' memory or frames
 
 
@@ -405,7 +405,7 @@ def validate(name_or_path: str, root: Path, results_dir: Path | None = None, tas
         return checks
     add(Check("schema: submission.yaml", True, f"{submission.folder} (hash {submission.hash})"))
     problems = scan_source(submission)
-    add(Check("source: imports only the public API (vqbench, vqbench.ops); no gc/inspect/ctypes/frames",
+    add(Check("source: imports only the public API (vqbench, .ops, .adapters); no gc/inspect/ctypes/frames",
               not problems, "; ".join(problems) or "ok"))
     guard = Guard(protected_folders(root, results_dir))  # the smoke run has its own, in the runner
     outcome = run_in_child(_import_in_child, (submission,), IMPORT_TIMEOUT_S, CHECKS_MEMORY_GB)

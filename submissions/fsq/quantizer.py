@@ -4,8 +4,8 @@ VQ-VAE Made Simple", ICLR 2024 (arXiv 2309.15505).
 Project the latent to d = len(levels) channels, bound channel i to L_i values with tanh, round
 (straight-through), and project back. The codebook is the implicit grid of prod(L_i) points:
 nothing to learn, nothing to collapse. Levels follow the paper's recommendations for each
-codebook size (table 1); the harness's `dim` is fixed, so FSQ brings its own dim -> d -> dim
-linear projections (as the paper does when the encoder width differs from d).
+codebook size (table 1, see vqbench.ops.fsq_levels); the harness's `dim` is fixed, so FSQ brings
+its own dim -> d -> dim linear projections (as the paper does when the encoder width is not d).
 """
 import math
 
@@ -13,27 +13,13 @@ import torch
 from torch import nn
 
 from vqbench import Quantizer, QuantizerOutput
-from vqbench.ops import forward_as, usage_metrics
-
-# paper, table 1: target codebook size -> levels
-LEVELS = {2 ** 8: [8, 6, 5], 2 ** 10: [8, 5, 5, 5], 2 ** 12: [7, 5, 5, 5, 5],
-          2 ** 14: [8, 8, 8, 6, 5], 2 ** 16: [8, 8, 8, 5, 5, 5]}
-
-
-def levels_for(codebook_size: int) -> list[int]:
-    """The largest table entry whose target size is <= K. Below 2^8 (outside the paper's table) we
-    split floor(log2 K) bits over two channels, e.g. 16 -> [4, 4], 128 -> [16, 8]."""
-    fits = [k for k in LEVELS if k <= codebook_size]
-    if fits:
-        return LEVELS[max(fits)]
-    bits = max(int(math.log2(codebook_size)), 1)
-    return [2 ** ((bits + 1) // 2), 2 ** (bits // 2)] if bits > 1 else [2]
+from vqbench.ops import forward_as, fsq_levels, usage_metrics
 
 
 class FSQ(Quantizer):
     def __init__(self, dim: int, codebook_size: int, levels: list[int] | None = None, eps: float = 1e-3):
         super().__init__(dim, codebook_size)
-        levels = list(levels) if levels else levels_for(codebook_size)
+        levels = list(levels) if levels else fsq_levels(codebook_size)  # paper's table, prod <= K
         self.levels = levels
         self.codebook_size = math.prod(levels)  # what we really emit: prod(L_i) <= K
         if self.codebook_size > codebook_size:

@@ -10,7 +10,8 @@ commitment 0.25. SoundStream's third ingredient, dead-code replacement, is `rese
 import torch
 
 from vqbench import Quantizer, QuantizerOutput
-from vqbench.ops import ema_codebook_update, kmeans, nearest_code, straight_through, usage_metrics
+from vqbench.kmeans import quick_kmeans
+from vqbench.ops import ema_codebook_update, nearest_code, straight_through, usage_metrics
 
 
 class KMeansVQ(Quantizer):
@@ -36,7 +37,7 @@ class KMeansVQ(Quantizer):
         self._seen.append(flat)
         if sum(x.shape[0] for x in self._seen) < self.codebook_size:
             return False
-        centroids = kmeans(torch.cat(self._seen), self.codebook_size, self.kmeans_iters)
+        centroids = quick_kmeans(torch.cat(self._seen), self.codebook_size, self.kmeans_iters)
         self._seen.clear()
         self.embed.copy_(centroids)
         self.embed_sum.copy_(centroids)

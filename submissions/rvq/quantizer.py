@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from vqbench import Quantizer, QuantizerOutput
-from vqbench.ops import ema_codebook_update, kmeans, nearest_code, restart_dead_codes, straight_through, usage_metrics
+from vqbench.kmeans import quick_kmeans
+from vqbench.ops import ema_codebook_update, joint_codes, nearest_code, restart_dead_codes, straight_through, usage_metrics
 
 
 class RVQ(Quantizer):
@@ -43,7 +44,7 @@ class RVQ(Quantizer):
             embed, counts, sums = self.embed[level], self.cluster_size[level], self.embed_sum[level]  # views
             if first:  # k-means on this level's residuals of the first training batch
                 with torch.no_grad():
-                    embed.copy_(kmeans(residual, self.codebook_size, self.kmeans_iters))
+                    embed.copy_(quick_kmeans(residual, self.codebook_size, self.kmeans_iters))
                     sums.copy_(embed)
             idx, _ = nearest_code(residual, embed)
             q = embed[idx]  # a copy: the EMA step below does not change this step's output
@@ -72,6 +73,4 @@ class RVQ(Quantizer):
     def codebook(self) -> torch.Tensor:
         """All K = codebook_size^depth reachable points, row c0 + c1 * Kl + ... (the harness's joint
         symbol order), so the codebook rank counts what the decoder can actually receive."""
-        grids = torch.meshgrid(*[torch.arange(self.codebook_size, device=self.embed.device)] * self.depth, indexing="ij")
-        codes = torch.stack([g.flatten() for g in reversed(grids)], -1)  # first level varies fastest
-        return self.decode(codes)
+        return self.decode(joint_codes(self.codebook_size, self.depth, self.embed.device))
