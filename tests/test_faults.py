@@ -95,3 +95,14 @@ def test_memory_limit_must_be_positive(project):
     add_task(project, "tiny", TINY_TASK.replace("timeout_s: 120", "timeout_s: 120, memory_gb: 0"))
     with pytest.raises(ConfigError, match="memory_gb"):
         get_task("synthetic/tiny")
+
+
+def test_run_imports_submissions_in_a_child_not_in_the_driver(faults, capsys):
+    """A submission that aborts at import time is refused up front; the driver lives to say so."""
+    from vqbench.cli import main
+    code = faults / "submissions" / "crashes" / "quantizer.py"
+    code.write_text("import os\nos.abort()\n" + code.read_text())
+    assert main(["run", "--submission", "crashes", "--tasks", "synthetic/tiny", "--executor", "serial"]) == 2
+    err = capsys.readouterr().err
+    assert "field 'entrypoint': worker crashed: the job's process died (killed by SIGABRT" in err
+    assert "run `vqbench validate crashes`" in err

@@ -102,6 +102,9 @@ def test_ray_executor_survives_failing_hanging_and_crashing_jobs(project):
     assert reasons["crashes"].startswith("worker crashed: the job's process died (killed by SIGABRT")
     assert reasons["segfaults"].startswith("worker crashed: the job's process died (killed by SIGSEGV")
     assert reasons["cheat_cache"].startswith("evaluation: decode(codes) changed after the eval pass began")
+    # both executors run a job the same way (a forked child, one thread): the same numbers
+    serial, _ = run_jobs(["minimal"], [get_task("synthetic/tiny")], project / "serial")
+    assert serial.done[0]["metrics"] == summary.done[0]["metrics"]
     assert read_result(result_path(results, "minimal", "synthetic/tiny", 0))["provenance"]["executor"] == "ray"
 
 

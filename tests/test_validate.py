@@ -19,7 +19,7 @@ from conftest import REPO
 
 SMOKE = "smoke run: synthetic/smoke through the runner (sandbox, rate-enforcing evaluation)"
 CHECK_COUNT = 3 + len(CONTRACT_CHECKS) + 2  # schema, source, import; contract; files; smoke
-FILES = "files: import and contract checks wrote nothing into results/, submissions/, tasks/, leaderboard/"
+FILES = "files: the contract checks wrote nothing into results/, submissions/, tasks/, leaderboard/"
 
 
 def contract(title_start: str) -> str:

@@ -57,15 +57,18 @@ def cmd_run(args) -> int:
     from vqbench.runner import plan, run
     from vqbench.submissions import get_submission
     from vqbench.tasks import list_tasks
+    from vqbench.validate import import_problem
     root = project_root()
+    results_dir = Path(args.results_dir) if args.results_dir else root / "results"
     submissions = [get_submission(name) for name in args.submission]
-    for sub in submissions:
-        sub.quantizer_class()  # fail fast on an unimportable submission, before any job starts
+    for sub in submissions:  # fail fast on an unimportable submission, before any job starts
+        if problem := import_problem(sub, root, results_dir):
+            raise ConfigError(sub.folder / "submission.yaml", "entrypoint", problem,
+                              f"run `vqbench validate {sub.name}` for every check")
     tasks = list_tasks(args.tasks or ["*"], args.tier)
     if not tasks:
         raise ConfigError(None, "--tasks", f"no {args.tier or ''} task matches {' or '.join(args.tasks or ['*'])!r}",
                           "list them with `vqbench tasks list`")
-    results_dir = Path(args.results_dir) if args.results_dir else root / "results"
     jobs, skipped = plan(submissions, tasks, args.seeds, results_dir, args.force)
     print(f"{len(jobs)} job(s) to run, {skipped} already done (resume; --force reruns them)", file=sys.stderr)
     summary = run(jobs, root, results_dir, args.executor, args.workers, args.ray_address, args.timeout,

@@ -261,8 +261,17 @@ def builder(submission: Submission, dim: int, k: int) -> Build:
 # ---------------------------------------------------------------- the child processes' side
 
 def _import_in_child(submission: Submission, emit) -> str:
-    cls = submission.quantizer_class()
-    return f"{cls.__name__} from {submission.meta.entrypoint.split(':')[0]}"
+    return submission.quantizer_class().__name__
+
+
+def import_problem(submission: Submission, root: Path, results_dir: Path | None = None) -> str | None:
+    """Why the submission cannot be imported (in a contained child: its import-time code never runs
+    in the driver), or None. Import-time writes into protected folders are undone and reported."""
+    guard = Guard(protected_folders(root, results_dir))
+    outcome = run_in_child(_import_in_child, (submission,), IMPORT_TIMEOUT_S, CHECKS_MEMORY_GB)
+    if changed := guard.check():
+        return tamper_reason(changed)
+    return outcome.failure.removeprefix("ConfigError: ") if outcome.failure else None
 
 
 def _checks_in_child(submission: Submission, dim: int, k: int, emit) -> None:
@@ -319,7 +328,7 @@ def scan_source(submission: Submission) -> list[str]:
 
 def files_check(guard: Guard) -> Check:
     changed = guard.check()
-    return Check("files: import and contract checks wrote nothing into results/, submissions/, tasks/, "
+    return Check("files: the contract checks wrote nothing into results/, submissions/, tasks/, "
                  "leaderboard/", not changed, tamper_reason(changed) if changed else "ok")
 
 
@@ -407,18 +416,15 @@ def validate(name_or_path: str, root: Path, results_dir: Path | None = None, tas
     problems = scan_source(submission)
     add(Check("source: imports only the public API (vqbench, .ops, .adapters); no gc/inspect/ctypes/frames",
               not problems, "; ".join(problems) or "ok"))
-    guard = Guard(protected_folders(root, results_dir))  # the smoke run has its own, in the runner
-    outcome = run_in_child(_import_in_child, (submission,), IMPORT_TIMEOUT_S, CHECKS_MEMORY_GB)
-    if outcome.failure or outcome.value is None:
-        add(Check("import (separate process, time limit)", False,
-                  outcome.failure or "no class came back"))
-        add(files_check(guard))
+    problem = import_problem(submission, root, results_dir)
+    add(Check("import (separate process, time limit)", problem is None, problem or submission.meta.entrypoint))
+    if problem:
         return checks
-    add(Check("import (separate process, time limit)", True, f"{outcome.value} ({outcome.wall_time_s:.1f} s)"))
 
     from vqbench.tasks import get_task
     task = get_task(task_id, root) if task_id else smoke_task()
     dim, k = task.quantizer.dim, task.quantizer.codebook_size
+    guard = Guard(protected_folders(root, results_dir))  # the smoke run has its own, in the runner
     finished: set[str] = set()
 
     def on_progress(message) -> None:
