@@ -125,9 +125,13 @@ def contain(memory_gb: float) -> None:
     """Limits for a process about to run submission code: memory, a scratch cwd (relative paths
     land there, not in the project), no bytecode writes (a .pyc in a submission folder would be
     a write the guard has to flag)."""
+    import torch
     sys.dont_write_bytecode = True
     os.chdir(tempfile.mkdtemp(prefix="vqbench-job-"))
-    limit_memory(memory_gb)
+    # A CUDA context reserves virtual address space far beyond any sane RLIMIT_AS (unified
+    # addressing), so GPU jobs are bounded by the card's memory and the time limit instead.
+    if not torch.cuda.is_available():
+        limit_memory(memory_gb)
 
 
 def _die_with_parent() -> None:
