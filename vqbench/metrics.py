@@ -35,6 +35,7 @@ register_metric("codebook_rank", True, "effective rank (Roy & Vetterli) of the c
 register_metric("latent_rank", True, "effective rank of the centred encoder latents", ".2f")
 register_metric("quantization_error", False, "sum |z - decode(codes)|^2 / sum |z - mean z|^2", ".4f")
 register_metric("bits_per_token", False, "depth x log2(codebook size)", ".2f")
+register_metric("mse", False, "mean squared reconstruction error from decode(codes)", ".4g")
 CODE_METRICS = ("utilization", "perplexity", "perplexity_ratio", "dead_codes", "codebook_rank",
                 "latent_rank", "quantization_error")
 
