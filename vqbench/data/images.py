@@ -178,7 +178,9 @@ def listing_key(files: Sequence[Path], root: Path, *extra) -> str:
 
 class ImageFolder(torch.utils.data.Dataset):
     """Every image under a folder (any depth), short side resized to `size` then cropped square:
-    centre crop for eval, random crop + horizontal flip for training. Items are [-1, 1] floats."""
+    centre crop for eval, random crop + horizontal flip for training. Items are [-1, 1] floats.
+    Training items are indexed by (index, crop seed) pairs from SeededSampler, so crops depend on
+    the run's seed only, not on worker processes or torch's global RNG."""
 
     def __init__(self, files: Sequence[Path], size: int, train: bool):
         self.files, self.size, self.train = list(files), size, train
@@ -186,24 +188,42 @@ class ImageFolder(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> Tensor:
+    def __getitem__(self, item: int | tuple[int, int]) -> Tensor:
+        i, crop_seed = item if isinstance(item, tuple) else (item, None)
         img = resize_short_side(load_rgb(self.files[i]), self.size)
         h, w = img.shape[1:]
-        if self.train:  # torch's global RNG: seeded per DataLoader worker from the loader's generator
-            top, left = (int(torch.randint(h - self.size + 1, (1,))), int(torch.randint(w - self.size + 1, (1,))))
+        if self.train:
+            gen = torch.Generator().manual_seed(crop_seed if crop_seed is not None else i)
+            top = int(torch.randint(h - self.size + 1, (1,), generator=gen))
+            left = int(torch.randint(w - self.size + 1, (1,), generator=gen))
+            flip = bool(torch.rand((), generator=gen) < 0.5)
         else:
-            top, left = (h - self.size) // 2, (w - self.size) // 2
+            top, left, flip = (h - self.size) // 2, (w - self.size) // 2, False
         crop = img[:, top:top + self.size, left:left + self.size]
-        if self.train and torch.rand(()) < 0.5:
-            crop = crop.flip(-1)
-        return uint8_to_float(crop)
+        return uint8_to_float(crop.flip(-1) if flip else crop)
+
+
+class SeededSampler(torch.utils.data.Sampler):
+    """Shuffled (index, crop seed) pairs; each pass is a new epoch of the same seeded stream."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.gen = n, torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.gen).tolist()
+        seeds = torch.randint(2 ** 62, (self.n,), generator=self.gen).tolist()
+        return iter(zip(order, seeds))
 
 
 def endless_loader(dataset: ImageFolder, batch_size: int, seed: int, num_workers: int) -> Iterator[Tensor]:
     """Shuffled epochs forever; the same seed gives the same order and the same crops."""
-    gen = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
-                                         generator=gen, num_workers=num_workers,
+    if len(dataset) < batch_size:
+        raise ValueError(f"{len(dataset)} training images are fewer than one batch of {batch_size}")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=SeededSampler(len(dataset), seed),
+                                         drop_last=True, num_workers=num_workers,
                                          persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
     while True:
         yield from loader
