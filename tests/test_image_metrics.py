@@ -70,7 +70,7 @@ def test_frechet_distance_equals_torch_fidelity():
     expected = fid_statistics_to_metric(*({"mu": mu.numpy(), "sigma": s.numpy()} for mu, s in stats),
                                         verbose=False)["frechet_inception_distance"]
     assert frechet_distance(*stats[0], *stats[1]) == pytest.approx(expected, rel=1e-6)  # eigvals of S1 S2 loses ~1e-8
-    assert frechet_distance(*stats[0], *stats[0]) == pytest.approx(0, abs=1e-9)
+    assert frechet_distance(*stats[0], *stats[0]) == pytest.approx(0, abs=1e-5)
 
 
 def test_fid_kid_self_zero_noise_positive_and_reference_cache(photos):
