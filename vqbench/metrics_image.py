@@ -213,8 +213,9 @@ class InceptionMetrics:
 
     @torch.no_grad()
     def features(self, x: Tensor) -> Tensor:
-        images = to_uint8(x.detach()).to(self.device)
-        out = [self.extractor(images[i:i + self.batch_size])[0] for i in range(0, len(images), self.batch_size)]
+        images = to_uint8(x.detach().float()).to(self.device)
+        with torch.autocast(images.device.type, enabled=False):  # reference features are float32
+            out = [self.extractor(images[i:i + self.batch_size])[0] for i in range(0, len(images), self.batch_size)]
         self.extractor_calls += len(images)
         return torch.cat(out).double().cpu()
 
@@ -338,7 +339,8 @@ class LPIPSMetric(Metric):
 
     @torch.no_grad()
     def update(self, x_hat: Tensor, x: Tensor) -> None:
-        d = self.net(x_hat.detach().float().clamp(-1, 1), x.float())
+        with torch.autocast(x.device.type, enabled=False):
+            d = self.net(x_hat.detach().float().clamp(-1, 1), x.float())
         self.total += d.double().sum()
         self.n += len(d)
 

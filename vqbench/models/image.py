@@ -117,8 +117,8 @@ class ReconstructionLoss(nn.Module):
     """pixel loss + perceptual_weight * LPIPS + gan_weight * hinge generator loss (x_hat, x) -> scalar.
 
     The shared training loop knows one loss and one optimizer, so the discriminator trains itself
-    here: every call with gradients enabled after `gan_start` calls also takes one hinge step of
-    the discriminator (its own Adam) on the detached reconstruction. With both weights 0 this is
+    here: every call with gradients enabled after `gan_start` calls first takes one hinge step of
+    the discriminator (its own Adam) on the detached reconstruction, then adds the generator term. With both weights 0 this is
     just the pixel loss.
     """
 
@@ -141,14 +141,14 @@ class ReconstructionLoss(nn.Module):
             loss = loss + self.perceptual_weight * self.lpips(x_hat, x).mean()
         training = torch.is_grad_enabled() and x_hat.requires_grad
         if self.disc is not None and self.calls >= self.gan_start:
-            self.disc.requires_grad_(False)  # the generator loss must not move the discriminator
-            loss = loss - self.gan_weight * self.disc(x_hat).mean()
-            if training:
+            if training:  # discriminator step first: stepping after would change weights the caller's backward needs
                 self.disc.requires_grad_(True)
                 d_loss = F.relu(1 - self.disc(x)).mean() + F.relu(1 + self.disc(x_hat.detach())).mean()
                 self.disc_opt.zero_grad(set_to_none=True)
                 d_loss.backward()
                 self.disc_opt.step()
+            self.disc.requires_grad_(False)  # the generator term must not move the discriminator
+            loss = loss - self.gan_weight * self.disc(x_hat).mean()
         if training:
             self.calls += 1
         return loss
