@@ -1,18 +1,23 @@
 """Shared numeric kernels for quantizers and the harness."""
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
 @torch.no_grad()
-def nearest_code(z: Tensor, codebook: Tensor, chunk: int = 8192) -> tuple[Tensor, Tensor]:
+def nearest_code(z: Tensor, codebook: Tensor, budget: int = 2 ** 20) -> tuple[Tensor, Tensor]:
     """Index of the nearest row of `codebook` (K, d) for each row of `z` (n, d), and its squared distance.
 
     |z - c|^2 = |z|^2 - 2 z.c + |c|^2 computed with one addmm per chunk of rows: about twice as
-    fast as torch.cdist on CPU and memory bounded by chunk x K.
+    fast as torch.cdist on CPU (bench/nearest_code.py). A chunk holds at most `budget` distances,
+    so memory stays bounded at K = 2^18 too.
     """
     z = z.reshape(-1, codebook.shape[1])
+    chunk = max(1, budget // codebook.shape[0])
     c_sq = (codebook * codebook).sum(1)
     idx = torch.empty(z.shape[0], dtype=torch.long, device=z.device)
     dist = torch.empty(z.shape[0], dtype=z.dtype, device=z.device)
@@ -25,6 +30,91 @@ def nearest_code(z: Tensor, codebook: Tensor, chunk: int = 8192) -> tuple[Tensor
     return idx, dist
 
 
+def forward_as(value: Tensor, surrogate: Tensor) -> Tensor:
+    """Exactly `value` in the forward pass, the gradient of `surrogate` in the backward pass.
+
+    Written value.detach() + (s - s.detach()) rather than s + (value - s).detach(): x - x is exactly
+    0, so the output is bit-identical to `value` and eval-mode decode(codes) == z_q holds exactly.
+    """
+    return value.detach() + (surrogate - surrogate.detach())
+
+
 def straight_through(z: Tensor, z_q: Tensor) -> Tensor:
     """Forward value z_q, gradient of the identity to z (van den Oord et al. 2017)."""
-    return z + (z_q - z).detach()
+    return forward_as(z_q, z)
+
+
+def vq_loss(z: Tensor, z_q: Tensor, beta: float = 0.25) -> Tensor:
+    """VQ-VAE eq. 3 without the reconstruction term: |sg[z] - e|^2 (moves codes) + beta |z - sg[e]|^2."""
+    return F.mse_loss(z_q, z.detach()) + beta * F.mse_loss(z, z_q.detach())
+
+
+@torch.no_grad()
+def usage_metrics(idx: Tensor, num_codes: int) -> dict[str, float]:
+    """Batch code usage for training logs: perplexity exp(H) and fraction of codes used."""
+    counts = torch.bincount(idx.flatten(), minlength=num_codes).double()
+    p = counts[counts > 0] / counts.sum()
+    return {"perplexity": float(torch.exp(-(p * p.log()).sum())), "used": float((counts > 0).sum()) / num_codes}
+
+
+@torch.no_grad()
+def ema_codebook_update(cluster_size: Tensor, embed_sum: Tensor, z: Tensor, idx: Tensor,
+                        decay: float, eps: float = 1e-5) -> Tensor:
+    """EMA k-means step (VQ-VAE appendix A.1, VQ-VAE-2): update the running per-code counts and
+    sums in place and return the new codebook sums / Laplace-smoothed counts.
+
+    z (n, d) are the encoder outputs and idx (n,) their assigned codes. Laplace smoothing keeps a
+    code with no assignments from dividing by zero: N_k <- (N_k + eps) / (N + K eps) * N.
+    """
+    num_codes = cluster_size.shape[0]
+    z = z.to(embed_sum.dtype)
+    cluster_size.mul_(decay).add_(torch.bincount(idx, minlength=num_codes).to(cluster_size.dtype), alpha=1 - decay)
+    embed_sum.mul_(decay).index_add_(0, idx, z, alpha=1 - decay)
+    n = cluster_size.sum()
+    smoothed = (cluster_size + eps) / (n + num_codes * eps) * n
+    return embed_sum / smoothed.unsqueeze(1)
+
+
+@torch.no_grad()
+def restart_dead_codes(embed: Tensor, cluster_size: Tensor, embed_sum: Tensor, z: Tensor, threshold: float) -> int:
+    """Dead-code restart (Jukebox, SoundStream), in place: every code whose EMA usage `cluster_size`
+    is below `threshold` moves to a random row of z (n, d), the current batch's encoder outputs.
+    Its running statistics restart there with one pseudo-count, so the next EMA step does not pull
+    it back to where it died. Returns the number of codes restarted.
+    """
+    dead = (cluster_size < threshold).nonzero().squeeze(1)
+    if dead.numel():
+        new = z[torch.randint(z.shape[0], (dead.numel(),), device=z.device)].to(embed.dtype)
+        embed[dead] = new
+        cluster_size[dead] = 1.0
+        embed_sum[dead] = new
+    return dead.numel()
+
+
+def uniform_init(codebook_size: int, dim: int) -> Tensor:
+    """uniform(-1/K, 1/K): the codebook init of the reference PyTorch VQ-VAE ports and taming's VQGAN."""
+    return torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
+
+
+def joint_codes(codebook_size: int, depth: int, device=None) -> Tensor:
+    """All codebook_size^depth code tuples (N, depth), first level varying fastest: row i is the
+    tuple whose joint symbol sum_l c_l * codebook_size^l (the harness's order) equals i."""
+    i = torch.arange(codebook_size ** depth, device=device)
+    return torch.stack([(i // codebook_size ** level) % codebook_size for level in range(depth)], -1)
+
+
+# FSQ (Mentzer et al. 2023, arXiv 2309.15505) table 1: recommended levels per target codebook size
+FSQ_LEVELS = {2 ** 8: [8, 6, 5], 2 ** 10: [8, 5, 5, 5], 2 ** 12: [7, 5, 5, 5, 5],
+              2 ** 14: [8, 8, 8, 6, 5], 2 ** 16: [8, 8, 8, 5, 5, 5]}
+
+
+def fsq_levels(codebook_size: int) -> list[int]:
+    """The largest FSQ_LEVELS entry with prod(levels) <= K, so FSQ never spends more bits than the
+    task allows. The table's sizes are approximate: 2^12 -> [7, 5, 5, 5, 5] is 4375 codes (12.1
+    bits), so K = 4096 gets [8, 5, 5, 5] (1000 codes). Below 2^8 (outside the paper's table)
+    floor(log2 K) bits are split over two channels, e.g. 16 -> [4, 4], 128 -> [16, 8]."""
+    fits = [levels for levels in FSQ_LEVELS.values() if math.prod(levels) <= codebook_size]
+    if fits:
+        return list(max(fits, key=math.prod))
+    bits = max(int(math.log2(codebook_size)), 1)
+    return [2 ** ((bits + 1) // 2), 2 ** (bits // 2)] if bits > 1 else [2]

@@ -11,7 +11,7 @@ import fnmatch
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -177,6 +177,8 @@ def load_task_file(path: Path, tasks_root: Path) -> list[Task]:
             metrics=tuple(metrics), seeds=tuple(resolved.seeds), resources=resolved.resources,
             sweep_point=tuple(point.items()),
         ))
+        if hasattr(family, "check"):
+            family.check(tasks[-1])
     return tasks
 
 
@@ -211,7 +213,3 @@ def get_task(task_id: str, root: Path | None = None) -> Task:
         raise ConfigError(None, "task", f"no task {task_id!r}",
                           f"{did_you_mean(task_id, registry)}list them with `vqbench tasks list`")
     return registry[task_id]
-
-
-def with_overrides(task: Task, **changes: Any) -> Task:
-    return replace(task, **changes)

@@ -1,0 +1,292 @@
+"""One test per baseline of the property that defines it (the generic contract checks live in
+test_contract.py). Small sizes: the whole file runs in seconds on a CPU."""
+import math
+
+import pytest
+import torch
+
+from vqbench.ops import nearest_code
+from vqbench.submissions import get_submission
+
+
+def build(name, dim=8, codebook_size=64, seed=0):
+    torch.manual_seed(seed)
+    return get_submission(name).build(dim, codebook_size)
+
+
+def test_vq_outputs_nearest_codebook_rows_and_learns_codebook():
+    q = build("vq")
+    z = torch.randn(2, 30, 8)
+    out = q(z)
+    cb = q.codebook().detach()
+    assert torch.equal(out.z_q, cb[out.codes])
+    assert torch.equal(out.codes.flatten(), torch.cdist(z.reshape(-1, 8), cb).argmin(1))
+    # the codebook loss (not the straight-through path) moves the chosen codes toward z
+    opt = torch.optim.SGD(q.parameters(), lr=50.0)  # mean-squared loss: tiny per-code gradients
+    before = (z.reshape(-1, 8) - cb[out.codes.flatten()]).square().sum()
+    for _ in range(5):
+        opt.zero_grad()
+        q(z).loss.backward()
+        opt.step()
+    after = (z.reshape(-1, 8) - q.codebook().detach()[out.codes.flatten()]).square().sum()
+    assert after < 0.9 * before
+
+
+def test_ema_vq_moves_codes_to_assigned_means_without_gradients():
+    q = build("ema_vq")
+    assert not any(p.requires_grad for p in q.parameters())
+    cb0 = q.codebook().clone()
+    z = cb0[3] + 0.1 * torch.randn(1, 100, 8)  # every vector is assigned to code 3
+    q.train()
+    out = q(z)
+    assert (out.codes == 3).all()
+    # one EMA step: sum_3 = 0.99 e_3 + 0.01 sum z, count_3 = 0.99 * 1 + 0.01 * 100 (init count 1)
+    expected = (0.99 * cb0[3] + 0.01 * z.reshape(-1, 8).sum(0)) / (0.99 + 0.01 * 100)
+    assert torch.allclose(q.codebook()[3], expected, atol=1e-3)
+    for _ in range(300):
+        q(z)
+    assert torch.allclose(q.codebook()[3], z.reshape(-1, 8).mean(0), atol=1e-3)
+    others = torch.arange(64) != 3  # unused codes stay put (up to Laplace smoothing)
+    assert torch.allclose(q.codebook()[others], cb0[others], rtol=1e-3)
+    q.eval()
+    frozen = q.codebook().clone()
+    q(z + 5)
+    assert torch.equal(q.codebook(), frozen)  # no EMA update in eval mode
+
+
+def test_simvq_trains_w_not_basis_and_moves_every_code():
+    q = build("simvq")
+    assert "basis" not in dict(q.named_parameters()) and not q.basis.requires_grad
+    basis, w, cb0 = q.basis.clone(), q.proj.weight.detach().clone(), q.codebook().detach().clone()
+    opt = torch.optim.Adam(q.parameters(), lr=1e-2)
+    z = 3 + torch.randn(4, 32, 8)
+    used = set()
+    for _ in range(20):
+        opt.zero_grad()
+        out = q(z)
+        used |= set(out.codes.flatten().tolist())
+        out.loss.backward()
+        opt.step()
+    assert torch.equal(q.basis, basis)
+    assert not torch.allclose(q.proj.weight, w)
+    unused = torch.tensor(sorted(set(range(64)) - used))
+    assert len(unused) > 0
+    # codes never selected moved too: the linear layer updates the whole codebook at once
+    assert (q.codebook().detach()[unused] - cb0[unused]).norm(dim=1).min() > 1e-3
+    out = q(z)
+    assert torch.equal(out.z_q.detach(), q.codebook().detach()[out.codes])
+
+
+def test_kmeans_vq_initializes_codebook_to_kmeans_centroids_of_first_batch():
+    from vqbench.kmeans import quick_kmeans
+    q = build("kmeans_vq", codebook_size=16)
+    random_init = q.codebook().clone()
+    z = torch.cat([torch.randn(50, 8) + 4 * torch.randn(1, 8) for _ in range(4)]).view(2, 100, 8)
+    q.train()
+    torch.manual_seed(5)
+    q(z)
+    torch.manual_seed(5)
+    assert torch.equal(q.codebook(), quick_kmeans(z, 16, iters=10))
+    distortion = lambda cb: nearest_code(z.reshape(-1, 8), cb)[1].mean()
+    assert distortion(q.codebook()) < 0.2 * distortion(random_init)
+    # with fewer vectors than codes it waits for more batches instead of duplicating centroids
+    q = build("kmeans_vq", codebook_size=64).train()
+    q(z[:1, :40])
+    assert not q.initialized
+    q(z[:1, 40:])
+    assert q.initialized and len(set(map(tuple, q.codebook().tolist()))) == 64
+
+
+def collapse(q, far=10.0):
+    """All codes near one far-away point: every z maps to (almost) the same code."""
+    with torch.no_grad():
+        q.embed.copy_(far + 0.01 * torch.randn_like(q.embed))
+        q.embed_sum.copy_(q.embed)
+
+
+def eval_utilization(q, z):
+    q.eval()
+    return q(z).codes.unique().numel() / q.codebook_size
+
+
+def test_reset_vq_revives_dead_codes_from_collapsed_start():
+    z = torch.randn(4, 128, 8)
+    used = {}
+    for name in ("ema_vq", "reset_vq"):
+        q = build(name)
+        collapse(q)
+        assert eval_utilization(q, z) <= 2 / 64
+        q.train()
+        for _ in range(20):
+            q(z)
+        used[name] = eval_utilization(q, z)
+    assert used["ema_vq"] <= 2 / 64  # the EMA alone cannot bring dead codes back
+    assert used["reset_vq"] > 0.5
+
+
+def test_provq_soft_early_hard_at_end_and_in_eval():
+    q = build("provq").train()
+    z = torch.randn(2, 30, 8)
+    q.schedule(0, 100)
+    assert torch.equal(q(z).z_q, z)  # hardness 0: fully continuous
+    q.schedule(25, 100)  # halfway through the anneal: strictly between z and its code
+    out = q(z)
+    hard = q.codebook()[out.codes]
+    assert float(q.hardness) == pytest.approx(0.5)
+    assert torch.allclose(out.z_q, 0.5 * z + 0.5 * hard, atol=1e-6)
+    for step in (50, 99):  # anneal_fraction 0.5: exactly hard for the second half
+        q.schedule(step, 100)
+        out = q(z)
+        assert torch.equal(out.z_q, q.codebook()[out.codes])
+    q.schedule(0, 100)
+    q.eval()
+    out = q(z)
+    assert torch.equal(out.z_q, q.decode(out.codes))  # eval is hard whatever the schedule says
+
+
+def test_fsq_levels_follow_table_and_codes_are_a_bijection():
+    fsq = get_submission("fsq").quantizer_class()
+    for k, levels in {2**8: [8, 6, 5], 2**10: [8, 5, 5, 5], 2**12: [8, 5, 5, 5], 4375: [7, 5, 5, 5, 5], 2**14: [8, 8, 8, 6, 5],
+                      2**16: [8, 8, 8, 5, 5, 5], 2**18: [8, 8, 8, 5, 5, 5], 3000: [8, 5, 5, 5]}.items():
+        q = fsq(8, k)
+        assert q.levels == levels and q.codebook_size == math.prod(levels) <= k
+    q = build("fsq", dim=3, codebook_size=256)  # levels [8, 6, 5]; identity projection in
+    with torch.no_grad():
+        q.project_in.weight.copy_(torch.eye(3))
+        q.project_in.bias.zero_()
+    codes = torch.arange(q.codebook_size)
+    decoded = q.decode(codes)
+    assert torch.unique(decoded, dim=0).shape[0] == q.codebook_size  # distinct vectors
+    # re-encode: inputs that bound() maps onto each grid point give back the same code
+    levels = torch.tensor(q.levels)
+    digits = (codes.unsqueeze(-1) // q._basis) % levels
+    half, offset = (levels - 1) * (1 + q.eps) / 2, (levels % 2 == 0) * 0.5
+    x = torch.atanh((digits - levels // 2 + offset) / half) - torch.atanh(offset / half)
+    out = q.eval()(x.view(1, -1, 3))
+    assert torch.equal(out.codes.flatten(), codes)
+    assert torch.equal(out.z_q[0], decoded)
+
+
+def test_lfq_codes_and_exact_entropy_loss():
+    q = build("lfq", codebook_size=100)  # floor(log2 100) = 6 bits
+    assert q.bits == 6 and q.codebook_size == 64
+    out = q.train()(torch.randn(2, 50, 8) * 10)
+    assert out.codes.min() >= 0 and out.codes.max() < 64 and torch.isfinite(out.loss)
+    # the factorized entropy equals the brute-force one over all 2^6 codes
+    q.temperature = 1.0
+    x = torch.randn(100, 6)
+    signs = q._bits_to_signs((torch.arange(64).unsqueeze(-1) // q._powers) % 2)
+    probs = torch.softmax(2 * x @ signs.T / q.temperature, -1)
+    entropy = lambda p: -(p * p.log()).sum(-1)
+    brute = entropy(probs).mean() - entropy(probs.mean(0))
+    assert torch.allclose(q._entropy_loss(x), brute, atol=1e-4)
+
+
+def test_rvq_two_levels_of_sqrt_k_spend_the_task_bits():
+    q = build("rvq", codebook_size=256).train()
+    assert q.depth == 2 and q.depth * math.log2(q.codebook_size) == math.log2(256)
+    z = torch.randn(4, 64, 8)
+    for _ in range(3):
+        q(z)
+    out = q.eval()(z)
+    assert out.codes.shape == (4, 64, 2) and out.codes.max() < 16
+    first = q.embed[0][out.codes[..., 0]]
+    assert torch.equal(out.z_q, first + q.embed[1][out.codes[..., 1]])
+    assert (z - out.z_q).square().mean() < 0.8 * (z - first).square().mean()  # level 2 refines level 1
+
+
+def test_rotation_vq_forward_is_nearest_code_but_gradient_is_rotated():
+    z = torch.randn(2, 30, 8) * 0.1
+    grads, outs = {}, {}
+    for name in ("vq", "rotation_vq"):  # same seed: same uniform(-1/K, 1/K) codebook
+        q = build(name)
+        zz = z.clone().requires_grad_()
+        out = q(zz)
+        (out.z_q * torch.linspace(-1, 1, 8)).sum().backward()
+        grads[name], outs[name] = zz.grad, out
+    assert torch.equal(outs["vq"].z_q, outs["rotation_vq"].z_q)
+    assert torch.equal(outs["vq"].codes, outs["rotation_vq"].codes)
+    assert torch.equal(grads["vq"], torch.linspace(-1, 1, 8).expand(2, 30, 8))  # straight-through: copied
+    assert not torch.allclose(grads["rotation_vq"], grads["vq"], atol=1e-3)
+    # a rotation times |q|/|e|: the gradient norm is rescaled by |q|/|e| per token
+    ratio = grads["rotation_vq"].norm(dim=-1) / grads["vq"].norm(dim=-1)
+    assert torch.allclose(ratio, outs["vq"].z_q.norm(dim=-1) / z.norm(dim=-1), rtol=1e-4)
+
+
+def test_gumbel_vq_anneals_temperature_and_is_hard_in_eval():
+    q = build("gumbel_vq").train()
+    taus = []
+    for step in range(0, 100, 10):
+        q.schedule(step, 100)
+        taus.append(float(q.tau))
+    assert taus[0] == pytest.approx(1.0) and taus[-1] == pytest.approx(1 / 16)
+    assert all(a >= b for a, b in zip(taus, taus[1:])) and taus[2] < 1.0
+    z = torch.randn(2, 30, 8)
+    q.schedule(0, 100)
+    soft = q(z).z_q
+    rows = q.codebook().detach()
+    assert torch.cdist(soft.reshape(-1, 8), rows).min(1).values.max() > 1e-3  # relaxed: not a code
+    out = q.eval()(z)
+    assert torch.equal(out.z_q, rows[q.proj(z).argmax(-1)])
+
+
+def test_cvq_moves_unused_codes_to_anchors():
+    q = build("cvq")
+    with torch.no_grad():
+        q.embed.copy_(torch.randn(64, 8))
+    z = torch.randn(2, 100, 8) + 5  # a cluster only a few codes point at
+    before = q.codebook().detach().clone()
+    q.train()
+    out = q(z)
+    used = torch.zeros(64, dtype=torch.bool)
+    used[out.codes.unique()] = True
+    after = q.codebook().detach()
+    flat = z.reshape(-1, 8)
+    cos = torch.nn.functional.normalize(before, dim=1) @ torch.nn.functional.normalize(flat, dim=1).T
+    anchors = flat[cos.argmax(1)]  # for every code, the most similar feature in the batch
+    assert torch.allclose(after[~used], anchors[~used], atol=0.05)  # dead codes jump (alpha ~ 1)
+    assert (after[used] - before[used]).norm(dim=1).max() < 0.05 * (anchors[used] - before[used]).norm(dim=1).min()
+    q.eval()
+    assert eval_utilization(q, z) > 3 * used.float().mean()
+
+
+def test_external_fsq_matches_zoo_fsq():
+    pytest.importorskip("vector_quantize_pytorch", reason="optional extra: pip install 'vqbench[external]'")
+    ours, ext = build("fsq", dim=16, codebook_size=2**10), build("ext_vqpytorch_fsq", dim=16, codebook_size=2**10)
+    assert ext.codebook_size == ours.codebook_size == 1000
+    with torch.no_grad():  # same projections -> the two implementations must emit the same codes
+        for a, b in ((ours.project_in, ext.module.project_in), (ours.project_out, ext.module.project_out)):
+            b.weight.copy_(a.weight)
+            b.bias.copy_(a.bias)
+    z = torch.randn(2, 200, 16) * 3
+    o, e = ours.eval()(z), ext.eval()(z)
+    assert torch.equal(o.codes, e.codes)
+    assert torch.allclose(o.z_q, e.z_q, atol=1e-5)
+    assert torch.equal(e.z_q, ext.decode(e.codes))
+    assert torch.allclose(ext.codebook(), ours.codebook(), atol=1e-5)
+
+
+def test_external_residual_vq_and_simvq_follow_the_contract():
+    pytest.importorskip("vector_quantize_pytorch", reason="optional extra: pip install 'vqbench[external]'")
+    z = torch.randn(4, 64, 8, requires_grad=True)
+    rvq = build("ext_vqpytorch_rvq", codebook_size=256).train()
+    assert rvq.depth == 2 and rvq.codebook_size == 16
+    out = rvq(z)
+    assert out.codes.shape == (4, 64, 2) and out.loss.dim() == 0
+    (out.z_q.sum() + out.loss).backward()
+    assert z.grad.abs().sum() > 0
+    out = rvq.eval()(z)
+    assert torch.equal(out.z_q, rvq.decode(out.codes)) and rvq.codebook().shape == (256, 8)
+
+    simvq = build("ext_vqpytorch_simvq").train()
+    frozen = simvq.module.frozen_codebook.clone()
+    opt = torch.optim.Adam(simvq.parameters(), lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        out = simvq(z.detach() + 2)
+        (out.z_q.square().mean() + out.loss).backward()
+        opt.step()
+    assert torch.equal(simvq.module.frozen_codebook, frozen)
+    out = simvq.eval()(z)
+    assert torch.equal(out.z_q, simvq.decode(out.codes))
+    assert torch.equal(out.z_q.detach(), simvq.codebook()[out.codes])

@@ -1,0 +1,125 @@
+"""Running jobs: results, failures with reasons, resume, determinism, the Ray executor, kill-and-resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vqbench.results import iter_results, read_result, result_path
+from vqbench.runner import plan, run
+from vqbench.submissions import get_submission
+from vqbench.tasks import get_task
+
+from conftest import TINY_TASK, add_task
+
+
+def run_jobs(subs, tasks, results, executor="serial", seeds=None, **kw):
+    jobs, skipped = plan([get_submission(s) for s in subs], tasks, seeds, results, force=kw.pop("force", False))
+    return run(jobs, Path(os.environ["VQBENCH_ROOT"]), results, executor, show_progress=False, **kw), skipped
+
+
+def test_serial_run_writes_complete_results_and_resumes(project):
+    results = project / "results"
+    tasks = [get_task("synthetic/tiny")]
+    summary, skipped = run_jobs(["minimal"], tasks, results, seeds=[0, 1])
+    assert len(summary.done) == 2 and not summary.failed and skipped == 0
+    r = read_result(result_path(results, "minimal", "synthetic/tiny", 1))
+    assert r["status"] == "ok" and r["seed"] == 1 and r["bits_per_token"] == 4.0
+    for key in ("utilization", "perplexity", "perplexity_ratio", "dead_codes", "codebook_rank", "latent_rank",
+                "quantization_error", "mse", "distortion_ratio"):
+        assert r["metrics"][key] is not None, key
+    assert 0 < r["metrics"]["utilization"] <= 1
+    prov = r["provenance"]
+    assert prov["task_hash"] == tasks[0].hash and prov["submission_hash"] == get_submission("minimal").hash
+    assert prov["packages"]["torch"] and prov["device"] == "cpu" and prov["wall_time_s"] > 0
+    # a rerun skips both; --force reruns them
+    summary, skipped = run_jobs(["minimal"], tasks, results, seeds=[0, 1])
+    assert skipped == 2 and not summary.done
+    summary, skipped = run_jobs(["minimal"], tasks, results, seeds=[0], force=True)
+    assert len(summary.done) == 1 and skipped == 0
+
+
+def test_same_seed_gives_identical_metrics(project):
+    task = get_task("synthetic/tiny")
+    a, _ = run_jobs(["minimal"], [task], project / "a")
+    b, _ = run_jobs(["minimal"], [task], project / "b")
+    assert a.done[0]["metrics"] == b.done[0]["metrics"]
+    c, _ = run_jobs(["minimal"], [task], project / "c", seeds=[1])
+    assert c.done[0]["metrics"] != a.done[0]["metrics"]
+
+
+def test_editing_a_task_reruns_it(project):
+    results = project / "results"
+    run_jobs(["minimal"], [get_task("synthetic/tiny")], results)
+    add_task(project, "tiny", TINY_TASK.replace("steps: 30", "steps: 20"))
+    jobs, skipped = plan([get_submission("minimal")], [get_task("synthetic/tiny")], None, results, False)
+    assert len(jobs) == 1 and skipped == 0
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("raises", "RuntimeError: fixture exploded on purpose"),
+    ("nan_output", "non-finite loss at training step 5"),
+])
+def test_failures_are_recorded_and_do_not_stop_the_run(project, name, reason):
+    results = project / "results"
+    summary, _ = run_jobs([name, "minimal"], [get_task("synthetic/tiny")], results)
+    assert [r["submission"] for r in summary.done] == ["minimal"]
+    failed = read_result(result_path(results, name, "synthetic/tiny", 0))
+    assert failed["status"] == "failed" and failed["error"]["reason"].startswith(reason), failed["error"]
+    assert failed["error"]["traceback"]
+
+
+def test_serial_timeout(project):
+    summary, _ = run_jobs(["hangs"], [get_task("synthetic/tiny")], project / "results", timeout_s=2)
+    assert summary.failed[0]["error"]["reason"] == "timeout: job exceeded 2 s"
+
+
+def test_rate_budget_is_enforced(project):
+    add_task(project, "small-k", TINY_TASK.replace("codebook_size: 16", "codebook_size: 8"))
+    yaml = project / "submissions" / "minimal" / "submission.yaml"
+    (project / "submissions" / "minimal" / "quantizer.py").write_text(
+        (project / "submissions" / "minimal" / "quantizer.py").read_text().replace(
+            "super().__init__(dim, codebook_size)", "super().__init__(dim, codebook_size)\n        self.codebook_size = 2 * codebook_size"))
+    assert yaml.exists()
+    summary, _ = run_jobs(["minimal"], [get_task("synthetic/small-k")], project / "results")
+    assert summary.failed[0]["error"]["reason"].startswith("rate budget exceeded: 4.000 bits/token > log2(K) = 3.000")
+
+
+def test_ray_executor_survives_failing_hanging_and_crashing_jobs(project):
+    results = project / "results"
+    summary, _ = run_jobs(["minimal", "raises", "hangs", "crashes"], [get_task("synthetic/tiny")], results,
+                          executor="ray", workers=2, timeout_s=25)
+    reasons = {r["submission"]: r["error"]["reason"] for r in summary.failed}
+    assert [r["submission"] for r in summary.done] == ["minimal"]
+    assert reasons["raises"] == "RuntimeError: fixture exploded on purpose"
+    assert reasons["hangs"] == "timeout: job exceeded 25 s and was cancelled"
+    assert reasons["crashes"].startswith("worker crashed")
+    assert read_result(result_path(results, "minimal", "synthetic/tiny", 0))["provenance"]["executor"] == "ray"
+
+
+def test_sigkill_mid_run_then_resume(project):
+    """Kill the driver after some results landed; the rerun finishes the rest, every file whole."""
+    results = project / "results"
+    cmd = [sys.executable, "-m", "vqbench.cli", "run", "--submission", "minimal", "--tasks", "synthetic/tiny",
+           "--seeds", ",".join(map(str, range(6))), "--executor", "serial", "--results-dir", str(results), "--quiet"]
+    proc = subprocess.Popen(cmd, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(results.rglob("seed-*.json"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    landed = len(list(results.rglob("seed-*.json")))
+    assert 2 <= landed < 6, "kill the run in the middle"
+    assert all(r is not None and r["status"] == "ok" for _, r in iter_results(results))
+    rerun = subprocess.run(cmd, env=os.environ.copy(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{6 - landed} job(s) to run, {landed} already done" in rerun.stderr
+    files = sorted(results.rglob("*"))
+    assert [p.name for p in files if p.is_file()] == [f"seed-{i}.json" for i in range(6)]
+    assert all(json.loads(p.read_text())["status"] == "ok" for p in files if p.is_file())

@@ -1,0 +1,150 @@
+"""`vqbench` command line: tasks, submissions, run, leaderboard."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vqbench.paths import project_root
+from vqbench.schema import ConfigError
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: give comma-separated integers, e.g. 0,1,2") from None
+
+
+def cmd_tasks_list(args) -> int:
+    from tabulate import tabulate
+    from vqbench.tasks import list_tasks
+    tasks = list_tasks(args.pattern, args.tier)
+    rows = [(t.id, t.tier, f"v{t.version}", t.quantizer.codebook_size, t.quantizer.dim, t.train.steps,
+             ",".join(map(str, t.seeds)), t.hash) for t in tasks]
+    print(tabulate(rows, headers=["task", "tier", "version", "K", "dim", "steps", "seeds", "hash"]))
+    print(f"\n{len(tasks)} task(s)")
+    return 0
+
+
+def cmd_tasks_show(args) -> int:
+    from vqbench.tasks import get_task
+    task = get_task(args.task_id)
+    print(json.dumps({**task.spec(), "description": task.description, "seeds": list(task.seeds),
+                      "resources": task.resources.__dict__, "file": str(task.path), "hash": task.hash},
+                     indent=2, default=str))
+    return 0
+
+
+def cmd_submissions_list(args) -> int:
+    from tabulate import tabulate
+    from vqbench.submissions import get_submission, list_submissions
+    rows = []
+    for name in list_submissions(args.pattern):
+        try:
+            sub = get_submission(name)
+            missing = sub.missing_requirements()
+            rows.append((name, sub.meta.display_name, sub.meta.entrypoint, sub.hash,
+                         f"needs {', '.join(missing)}" if missing else "ok"))
+        except ConfigError as e:
+            rows.append((name, "", "", "", f"invalid: {e}"))
+    print(tabulate(rows, headers=["submission", "display name", "entrypoint", "hash", "status"]))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from vqbench.runner import plan, run
+    from vqbench.submissions import get_submission
+    from vqbench.tasks import list_tasks
+    root = project_root()
+    submissions = [get_submission(name) for name in args.submission]
+    for sub in submissions:
+        sub.quantizer_class()  # fail fast on an unimportable submission, before any job starts
+    tasks = list_tasks(args.tasks, args.tier)
+    if not tasks:
+        raise ConfigError(None, "--tasks", f"no {args.tier or ''} task matches {args.tasks!r}",
+                          "list them with `vqbench tasks list`")
+    results_dir = Path(args.results_dir) if args.results_dir else root / "results"
+    jobs, skipped = plan(submissions, tasks, args.seeds, results_dir, args.force)
+    print(f"{len(jobs)} job(s) to run, {skipped} already done (resume; --force reruns them)", file=sys.stderr)
+    summary = run(jobs, root, results_dir, args.executor, args.workers, args.ray_address, args.timeout,
+                  show_progress=not args.quiet)
+    print(f"done: {len(summary.done)} ok, {len(summary.failed)} failed, {skipped} skipped; "
+          f"results in {results_dir}", file=sys.stderr)
+    for result in summary.failed:
+        print(f"  FAILED {result['submission']} | {result['task']} | seed {result['seed']}: "
+              f"{result['error']['reason']}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def cmd_leaderboard(args) -> int:
+    from vqbench.leaderboard import check_leaderboard, write_leaderboard
+    root = project_root()
+    results_dir = Path(args.results_dir) if args.results_dir else root / "results"
+    out = Path(args.out) if args.out else root / "leaderboard"
+    if args.check:
+        problems = check_leaderboard(results_dir, out)
+        for p in problems:
+            print(p, file=sys.stderr)
+        if problems:
+            print("leaderboard/ is out of date: run `vqbench leaderboard`", file=sys.stderr)
+            return 1
+        print(f"{out} matches {results_dir}", file=sys.stderr)
+        return 0
+    report = write_leaderboard(results_dir, out)
+    print(f"wrote {out}: {report}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vqbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tasks = sub.add_parser("tasks", help="the task registry").add_subparsers(dest="action", required=True)
+    p = tasks.add_parser("list", help="list tasks matching a glob")
+    p.add_argument("pattern", nargs="?", default="*")
+    p.add_argument("--tier", choices=["lite", "full"])
+    p.set_defaults(func=cmd_tasks_list)
+    p = tasks.add_parser("show", help="show one task's resolved spec")
+    p.add_argument("task_id")
+    p.set_defaults(func=cmd_tasks_show)
+
+    subs = sub.add_parser("submissions", help="registered quantizers").add_subparsers(dest="action", required=True)
+    p = subs.add_parser("list")
+    p.add_argument("pattern", nargs="?", default="*")
+    p.set_defaults(func=cmd_submissions_list)
+
+    p = sub.add_parser("run", help="train and evaluate submissions on tasks")
+    p.add_argument("--submission", action="append", required=True, help="name or folder; repeatable")
+    p.add_argument("--tasks", default="*", help="glob over task ids, e.g. 'synthetic/*'")
+    p.add_argument("--tier", choices=["lite", "full"], default="lite")
+    p.add_argument("--seeds", type=_seeds, help="comma-separated; default: each task's own seeds")
+    p.add_argument("--results-dir", help="default: results/ in the project")
+    p.add_argument("--executor", choices=["ray", "serial"], default="ray")
+    p.add_argument("--workers", type=int, help="local Ray CPUs (default: all cores)")
+    p.add_argument("--ray-address", help="attach to an existing Ray cluster, e.g. 127.0.0.1:6379")
+    p.add_argument("--timeout", type=float, help="seconds per job (default: the task's resources.timeout_s)")
+    p.add_argument("--force", action="store_true", help="rerun jobs that already have a current result")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("leaderboard", help="regenerate leaderboard/ from results/")
+    p.add_argument("--results-dir")
+    p.add_argument("--out")
+    p.add_argument("--check", action="store_true", help="exit 1 when leaderboard/ is not what results/ gives")
+    p.set_defaults(func=cmd_leaderboard)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

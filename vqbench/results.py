@@ -1,0 +1,111 @@
+"""The results store: one JSON per submission x task x seed, written atomically, with provenance.
+
+`results/<submission>/<task-id>/seed-<n>.json`. A result is current only while its submission
+hash and task hash match the code and YAML on disk; stale ones stay on disk but never reach the
+leaderboard.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+RESULT_GLOB = "seed-*.json"
+
+
+def result_path(results_dir: Path, submission: str, task_id: str, seed: int) -> Path:
+    return Path(results_dir) / submission / task_id / f"seed-{seed}.json"
+
+
+def write_result(path: Path, result: dict[str, Any]) -> None:
+    """Write-then-rename in the same folder: a reader (or a killed run) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(result, f, indent=2, sort_keys=True, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_result(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def iter_results(results_dir: Path) -> Iterator[tuple[Path, dict[str, Any] | None]]:
+    for path in sorted(Path(results_dir).rglob(RESULT_GLOB)):
+        yield path, read_result(path)
+
+
+def is_done(path: Path, submission_hash: str, task_hash: str) -> bool:
+    """A finished, successful result of exactly this code and task already exists."""
+    result = read_result(path)
+    return bool(result) and result.get("status") == "ok" and \
+        result["provenance"].get("submission_hash") == submission_hash and \
+        result["provenance"].get("task_hash") == task_hash
+
+
+def clean_partial_writes(results_dir: Path) -> int:
+    """Remove temp files a killed run left behind; returns how many."""
+    leftovers = list(Path(results_dir).rglob(".seed-*.tmp")) if Path(results_dir).exists() else []
+    for p in leftovers:
+        p.unlink(missing_ok=True)
+    return len(leftovers)
+
+
+@lru_cache(maxsize=None)
+def git_state(root: str) -> dict[str, Any]:
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None}
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in ("torch", "ray", "torchmetrics", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def provenance(root: Path, submission_hash: str, task, device: str, wall_time_s: float,
+               executor: str) -> dict[str, Any]:
+    from vqbench import __version__
+    return {
+        "vqbench_version": __version__,
+        **git_state(str(root)),
+        "task_hash": task.hash,
+        "task_version": task.version,
+        "submission_hash": submission_hash,
+        "packages": package_versions(),
+        "python": platform.python_version(),
+        "device": device,
+        "host": socket.gethostname(),
+        "executor": executor,
+        "wall_time_s": round(wall_time_s, 3),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,180 @@
+"""Fan jobs (submissions x tasks x seeds) out to Ray or run them serially; write each result as it lands.
+
+The driver alone writes result files, one atomic rename each, so a crash of any worker, or a
+SIGKILL of the driver, leaves only whole files behind, and a rerun picks up what is missing.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from vqbench.job import JobTimeout, execute_job, failed_result
+from vqbench.results import clean_partial_writes, is_done, result_path, write_result
+from vqbench.submissions import Submission
+
+console = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class Job:
+    submission: Submission
+    task: object  # vqbench.tasks.Task
+    seed: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.submission.name} | {self.task.id} | seed {self.seed}"
+
+
+@dataclass
+class RunSummary:
+    done: list[dict] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+    skipped: int = 0
+
+
+def plan(submissions: Iterable[Submission], tasks: Iterable, seeds: list[int] | None,
+         results_dir: Path, force: bool) -> tuple[list[Job], int]:
+    """Jobs still to run, and how many were skipped because an identical result exists (resume)."""
+    todo, skipped = [], 0
+    for sub in submissions:
+        for task in tasks:
+            for seed in (seeds if seeds is not None else task.seeds):
+                path = result_path(results_dir, sub.name, task.id, seed)
+                if not force and is_done(path, sub.hash, task.hash):
+                    skipped += 1
+                else:
+                    todo.append(Job(sub, task, seed))
+    return todo, skipped
+
+
+def _one_thread() -> None:
+    # Workers share the CPU: one torch thread each, or 2-thread matmuls collapse under contention.
+    import torch
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def run_serial(jobs: list[Job], root: Path, timeout_s: float | None, on_result: Callable[[Job, dict], None],
+               progress: Progress | None = None) -> None:
+    """In-process, one job at a time: for debugging and CI. Timeouts use SIGALRM (main thread only)."""
+    _one_thread()
+
+    def alarm(signum, frame):
+        raise JobTimeout(f"job exceeded {limit:.0f} s")
+
+    for job in jobs:
+        limit = timeout_s or job.task.resources.timeout_s
+        steps = progress.add_task(f"  {job.label}", total=job.task.train.steps) if progress else None
+        previous = signal.signal(signal.SIGALRM, alarm)
+        signal.setitimer(signal.ITIMER_REAL, limit)
+        try:
+            result = execute_job(job.submission, job.task, job.seed, root, "serial",
+                                 on_step=(lambda s: progress.update(steps, completed=s + 1)) if progress else None)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+            if progress:
+                progress.remove_task(steps)
+        on_result(job, result)
+
+
+def _remote_job(submission, task, seed, root):
+    import ray
+    _one_thread()
+    result = execute_job(submission, task, seed, Path(root), "ray")
+    result["provenance"]["ray_node"] = ray.get_runtime_context().get_node_id()
+    return result
+
+
+def run_ray(jobs: list[Job], root: Path, timeout_s: float | None, on_result: Callable[[Job, dict], None],
+            workers: int | None = None, address: str | None = None) -> None:
+    """Ray fan-out with a per-job wall-clock limit (Ray has none: ray.wait, then ray.cancel(force))."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    from ray.exceptions import GetTimeoutError, RayTaskError, TaskCancelledError, WorkerCrashedError
+
+    if address:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    else:
+        # address="local": a fresh private instance even if a `ray start` cluster runs on this machine
+        ray.init(address="local", num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    try:
+        has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+        slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        remote = ray.remote(max_retries=0)(_remote_job)
+        pending = list(jobs)
+        running: dict = {}  # ref -> (job, start time)
+
+        def submit(job: Job) -> None:
+            gpus = job.task.resources.gpus if has_gpu else 0
+            ref = remote.options(num_cpus=job.task.resources.cpus, num_gpus=gpus).remote(
+                job.submission, job.task, job.seed, str(root))
+            running[ref] = (job, time.monotonic())
+
+        # Submit no more than there are slots, so a job's clock starts when it starts running.
+        while pending or running:
+            while pending and len(running) < slots:
+                submit(pending.pop(0))
+            now = time.monotonic()
+            deadlines = {ref: start + (timeout_s or job.task.resources.timeout_s)
+                         for ref, (job, start) in running.items()}
+            wait_for = max(0.05, min(deadlines.values()) - now)
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=wait_for)
+            for ref in ready:
+                job, start = running.pop(ref)
+                elapsed = time.monotonic() - start
+                try:
+                    result = ray.get(ref)
+                except WorkerCrashedError as e:
+                    result = failed_result(job.submission, job.task, job.seed, root,
+                                           "worker crashed: the job's process died (segfault, abort or "
+                                           "out of memory)", "WorkerCrashedError", "ray", elapsed, str(e))
+                except (RayTaskError, TaskCancelledError, GetTimeoutError, ray.exceptions.RayError) as e:
+                    result = failed_result(job.submission, job.task, job.seed, root,
+                                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                                           type(e).__name__, "ray", elapsed, str(e))
+                on_result(job, result)
+            now = time.monotonic()
+            for ref in [r for r, d in deadlines.items() if r in running and now >= d]:
+                job, start = running.pop(ref)
+                ray.cancel(ref, force=True)
+                limit = timeout_s or job.task.resources.timeout_s
+                on_result(job, failed_result(job.submission, job.task, job.seed, root,
+                                             f"timeout: job exceeded {limit:.0f} s and was cancelled",
+                                             "JobTimeout", "ray", now - start))
+    finally:
+        ray.shutdown()
+
+
+def run(jobs: list[Job], root: Path, results_dir: Path, executor: str = "ray", workers: int | None = None,
+        address: str | None = None, timeout_s: float | None = None, show_progress: bool = True) -> RunSummary:
+    summary = RunSummary()
+    clean_partial_writes(results_dir)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, disable=not show_progress, transient=False) as progress:
+        overall = progress.add_task("jobs", total=len(jobs))
+
+        def on_result(job: Job, result: dict) -> None:
+            write_result(result_path(results_dir, job.submission.name, job.task.id, job.seed), result)
+            (summary.done if result["status"] == "ok" else summary.failed).append(result)
+            if result["status"] != "ok":
+                progress.console.print(f"[red]failed[/red] {job.label}: {result['error']['reason']}")
+            progress.advance(overall)
+
+        if executor == "serial":
+            run_serial(jobs, root, timeout_s, on_result, progress if show_progress else None)
+        elif executor == "ray":
+            run_ray(jobs, root, timeout_s, on_result, workers, address)
+        else:
+            raise ValueError(f"unknown executor {executor!r}: use 'ray' or 'serial'")
+    return summary
