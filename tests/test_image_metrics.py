@@ -9,8 +9,8 @@ import torch
 
 from vqbench.data.images import LitePhotos, uint8_to_float
 from vqbench.data.sources import fetch
-from vqbench.metrics_image import (LPIPS, PSNR, SSIM, InceptionMetrics, MetricUnavailable, Unavailable,
-                                   frechet_distance, inception, weights_or_reason)
+from vqbench.metrics import MetricUnavailable, Unavailable
+from vqbench.metrics_image import LPIPS, PSNR, SSIM, InceptionMetrics, frechet_distance, inception, weights_or_reason
 
 
 @pytest.fixture(autouse=True, scope="module")

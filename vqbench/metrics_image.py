@@ -14,7 +14,6 @@ If weights cannot be fetched the metric is `Unavailable` with the reason; no num
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import pickle
 from pathlib import Path
@@ -28,7 +27,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from vqbench.data.images import to_uint8, to_unit
 from vqbench.data.sources import SOURCES, DataSourceError, fetch
-from vqbench.metrics import register_metric
+from vqbench.metrics import MetricUnavailable, Unavailable, register_metric
 from vqbench.paths import cache_home
 
 register_metric("psnr", True, "peak signal-to-noise ratio in dB, mean over images", ".2f")
@@ -36,30 +35,6 @@ register_metric("ssim", True, "structural similarity (Gaussian 11x11), mean over
 register_metric("rfid", False, "reconstruction FID: eval images vs their reconstructions (InceptionV3 pool3)", ".2f")
 register_metric("kid", False, "kernel inception distance (cubic kernel), eval images vs reconstructions", ".4f")
 register_metric("lpips", False, "LPIPS v0.1 (AlexNet) perceptual distance, mean over images", ".4f")
-
-
-class MetricUnavailable(RuntimeError):
-    """compute() of a metric that could not be set up; str() is the reason."""
-
-
-class Unavailable:
-    """Stands in for a metric whose weights could not be obtained: update() does nothing,
-    compute() raises MetricUnavailable(reason), so the result records why, not a number."""
-
-    def __init__(self, reason: str):
-        self.reason = reason
-
-    def update(self, *args, **kwargs) -> None:
-        pass
-
-    def compute(self):
-        raise MetricUnavailable(self.reason)
-
-    def reset(self) -> None:
-        pass
-
-    def to(self, *args, **kwargs):
-        return self
 
 
 # ------------------------------------------------------------------------------- PSNR, SSIM

@@ -22,8 +22,8 @@ from torch import Tensor
 from vqbench.data.images import (ImageFolder, LitePhotos, endless_loader, image_files, listing_key, resolve_root,
                                  uint8_to_float)
 from vqbench.families import Setup, endless, register_family
-from vqbench.metrics import MeanSquaredError
-from vqbench.metrics_image import LPIPS, PSNR, SSIM, InceptionMetrics, LPIPSMetric, Unavailable, weights_or_reason
+from vqbench.metrics import MeanSquaredError, Unavailable
+from vqbench.metrics_image import LPIPS, PSNR, SSIM, InceptionMetrics, LPIPSMetric, weights_or_reason
 from vqbench.models.image import Decoder, Encoder, ReconstructionLoss
 from vqbench.schema import ConfigError
 
