@@ -15,13 +15,7 @@ from vqbench.families import get_family
 from vqbench.tasks import get_task
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread, as the runner pins per job: two threads collapse when the other core is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_folder(root, split, sizes):

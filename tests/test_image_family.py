@@ -17,12 +17,7 @@ from vqbench.schema import ConfigError
 from vqbench.tasks import get_task, list_tasks
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class NearestVQ(Quantizer):

@@ -13,13 +13,7 @@ from vqbench.metrics import MetricUnavailable, Unavailable
 from vqbench.metrics_image import LPIPS, PSNR, SSIM, InceptionMetrics, frechet_distance, inception, weights_or_reason
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread, as the runner pins per job: two threads collapse when the other core is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
