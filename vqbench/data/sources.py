@@ -169,10 +169,6 @@ def fetch(name: str) -> Path:
     return src.folder
 
 
-def fetch_file(name: str, member: str) -> Path:
-    return fetch(name) / member
-
-
 def status() -> list[tuple[str, bool, Path, int]]:
     """(name, cached?, folder, bytes on disk) for every source."""
     rows = []

@@ -50,7 +50,7 @@ class Data:
     def validate(self) -> None:
         if self.resolution < 8:
             raise ConfigError(None, "resolution", f"{self.resolution} < 8", "give resolution >= 8")
-        for name in ("train_short_sides", "eval_short_sides"):
+        for name in ("train_short_sides", "eval_short_sides") if self.source == "photos" else ():
             if not getattr(self, name) or min(getattr(self, name)) < self.resolution:
                 raise ConfigError(None, name, f"{getattr(self, name)} has a side below resolution {self.resolution}",
                                   f"give a non-empty list of sides >= {self.resolution}")
