@@ -39,3 +39,14 @@ def add_task(root: Path, name: str, text: str) -> Path:
     path = root / "tasks" / "synthetic" / f"{name}.yaml"
     path.write_text(text)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread, as the runner pins per job: two threads collapse when the other core is busy."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

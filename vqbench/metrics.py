@@ -13,6 +13,31 @@ from torch import Tensor
 from torchmetrics import Metric
 
 
+class MetricUnavailable(RuntimeError):
+    """compute() of a metric that could not be set up (e.g. its weights cannot be downloaded);
+    str() is the reason, which the result should record in place of a number."""
+
+
+class Unavailable:
+    """Stands in for a metric that could not be set up: update() does nothing and compute()
+    raises MetricUnavailable(reason), so a result says why, never a made-up value."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def update(self, *args, **kwargs) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
+
+    def compute(self):
+        raise MetricUnavailable(self.reason)
+
+    def to(self, *args, **kwargs):
+        return self
+
+
 @dataclass(frozen=True)
 class MetricInfo:
     higher_is_better: bool
@@ -35,6 +60,7 @@ register_metric("codebook_rank", True, "effective rank (Roy & Vetterli) of the c
 register_metric("latent_rank", True, "effective rank of the centred encoder latents", ".2f")
 register_metric("quantization_error", False, "sum |z - decode(codes)|^2 / sum |z - mean z|^2", ".4f")
 register_metric("bits_per_token", False, "depth x log2(codebook size)", ".2f")
+register_metric("mse", False, "mean squared reconstruction error from decode(codes)", ".4g")
 CODE_METRICS = ("utilization", "perplexity", "perplexity_ratio", "dead_codes", "codebook_rank",
                 "latent_rank", "quantization_error")
 

@@ -1,0 +1,1 @@
+"""Encoders and decoders around the quantizer, one file per family (image.py, ...)."""
