@@ -20,6 +20,8 @@ from vqbench.results import clean_partial_writes, is_done, result_path, write_re
 from vqbench.submissions import Submission
 
 console = Console(stderr=True)
+# Settings a job reads from the environment; passed to Ray workers, which may run on other nodes.
+FORWARDED_ENV = ("VQBENCH_HOME", "VQBENCH_ROOT", "VQBENCH_IMAGENET")
 
 
 @dataclass(frozen=True)
@@ -101,13 +103,14 @@ def run_ray(jobs: list[Job], root: Path, timeout_s: float | None, on_result: Cal
     import ray
     from ray.exceptions import GetTimeoutError, RayTaskError, TaskCancelledError, WorkerCrashedError
 
+    env_vars = {"OMP_NUM_THREADS": "1", **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
     if address:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+                 runtime_env={"env_vars": env_vars})
     else:
         # address="local": a fresh private instance even if a `ray start` cluster runs on this machine
         ray.init(address="local", num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+                 runtime_env={"env_vars": env_vars})
     try:
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
         slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
