@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
+from vqbench.data.cli import add_data_commands
 from vqbench.paths import project_root
 from vqbench.schema import ConfigError
 
@@ -59,6 +61,8 @@ def cmd_run(args) -> int:
     from vqbench.tasks import list_tasks
     from vqbench.validate import import_problem
     root = project_root()
+    if args.data_root:  # workers inherit the environment (local Ray, serial); see runner for clusters
+        os.environ["VQBENCH_IMAGENET"] = str(Path(args.data_root).resolve())
     results_dir = Path(args.results_dir) if args.results_dir else root / "results"
     submissions = [get_submission(name) for name in args.submission]
     for sub in submissions:  # fail fast on an unimportable submission, before any job starts
@@ -145,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
 
+    p.add_argument("--data-root", help="ImageNet-style folder for full-tier image tasks (sets $VQBENCH_IMAGENET)")
+
     p = sub.add_parser("validate", help="check a submission: schema, contract, anti-cheat probes, smoke run")
     p.add_argument("submission", help="name under submissions/ or a folder")
     p.add_argument("--task", help="task id whose dim/K the contract checks use (default: the smoke task's); "
@@ -160,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     p.add_argument("--check", action="store_true", help="exit 1 when leaderboard/ is not what results/ gives")
     p.set_defaults(func=cmd_leaderboard)
+
+    add_data_commands(sub)
     return parser
 
 

@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 import torch
 
+from vqbench.data.images import DataRootError
+from vqbench.data.sources import DataSourceError
 from vqbench.families import get_family
 from vqbench.results import provenance
 from vqbench.sandbox import is_out_of_memory, memory_limit_gb, run_in_child
@@ -43,8 +45,10 @@ def execute_job(submission: Submission, task, seed: int, root: Path, executor: s
         setup = get_family(task.family).build(task, seed, device)
         quantizer.to(device)
         result["train"] = train(setup, quantizer, task, on_step)
-        result["metrics"] = evaluate(setup, quantizer, task)
-    except (JobFailure, ConfigError) as e:
+        result["metrics"], unavailable = evaluate(setup, quantizer, task)
+        if unavailable:
+            result["metrics_unavailable"] = unavailable
+    except (JobFailure, ConfigError, DataRootError, DataSourceError) as e:
         result.update(status="failed", error={"reason": str(e), "type": type(e).__name__,
                                               "traceback": traceback.format_exc(limit=-8)})
     except Exception as e:  # the submission's own bug: record it, never take the run down

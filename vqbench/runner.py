@@ -25,6 +25,8 @@ from vqbench.submissions import Submission
 
 console = Console(stderr=True)
 WORKER_GRACE_S = 60.0  # Ray backstop on top of a job's limit: a fresh worker imports torch first
+# Settings a job reads from the environment; passed to Ray workers, which may run on other nodes.
+FORWARDED_ENV = ("VQBENCH_HOME", "VQBENCH_ROOT", "VQBENCH_IMAGENET")
 
 
 @dataclass(frozen=True)
@@ -95,13 +97,14 @@ def run_ray(jobs: list[Job], root: Path, timeout_s: float | None, on_result: Cal
     import ray
     from ray.exceptions import GetTimeoutError, RayTaskError, TaskCancelledError, WorkerCrashedError
 
+    env_vars = {"OMP_NUM_THREADS": "1", **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
     if address:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+                 runtime_env={"env_vars": env_vars})
     else:
         # address="local": a fresh private instance even if a `ray start` cluster runs on this machine
         ray.init(address="local", num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+                 runtime_env={"env_vars": env_vars})
     try:
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
         slots = max(1, int(ray.cluster_resources().get("CPU", 1)))

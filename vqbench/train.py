@@ -23,7 +23,7 @@ from torch import Tensor
 
 from vqbench.contract import Quantizer, QuantizerOutput
 from vqbench.families import Setup
-from vqbench.metrics import CodeUsage, LatentRank, QuantizationError, effective_rank
+from vqbench.metrics import METRICS, CodeUsage, LatentRank, MetricUnavailable, QuantizationError, effective_rank
 
 TABLE_CHUNK = 1 << 14  # code tuples per decode() call when building the decode table
 SAME_RTOL = 1e-5  # "same vectors": max |a - b| <= SAME_RTOL * (1 + max |a|, |b|); float32 rounding is ~1e-7
@@ -166,7 +166,8 @@ def train(setup: Setup, quantizer: Quantizer, task, on_step: Callable[[int], Non
 
 
 @torch.no_grad()
-def evaluate(setup: Setup, quantizer: Quantizer, task) -> dict[str, float]:
+def evaluate(setup: Setup, quantizer: Quantizer, task) -> tuple[dict[str, float | None], dict[str, str]]:
+    """Metrics, and {metric: reason} for those that could not be computed."""
     for m in (setup.encoder, setup.decoder, quantizer):
         m.eval()
     decoder_copy = copy.deepcopy(quantizer)  # decode() sees trained weights, not forward()'s state
@@ -198,10 +199,18 @@ def evaluate(setup: Setup, quantizer: Quantizer, task) -> dict[str, float]:
     metrics["codebook_rank"] = effective_rank(book) if book is not None else None
     metrics["latent_rank"] = latent_rank.compute()
     metrics["quantization_error"] = qerr.compute()
+    unavailable = {}
     for name in task.metrics:
-        value = setup.fidelity_metrics[name].compute()
+        try:
+            value = setup.fidelity_metrics[name].compute()
+        except MetricUnavailable as e:  # missing weights: say so, never substitute a number
+            metrics[name], unavailable[name] = None, str(e)
+            continue
         metrics.update(value if isinstance(value, dict) else {name: value})
-    bad = [k for k, v in metrics.items() if v is not None and isinstance(v, float) and not math.isfinite(v)]
+    for name, value in list(metrics.items()):
+        if value == math.inf and METRICS[name].higher_is_better:  # e.g. PSNR of an exact reconstruction
+            metrics[name], unavailable[name] = None, "infinite: the reconstruction is exact"
+    bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
     if bad:
         raise JobFailure(f"non-finite metrics at evaluation: {', '.join(bad)}")
-    return metrics
+    return metrics, unavailable

@@ -22,7 +22,6 @@ from vqbench.kmeans import cached_kmeans_mse
 from vqbench.metrics import DistortionRatio, MeanSquaredError, register_metric
 from vqbench.schema import ConfigError
 
-register_metric("mse", False, "mean squared reconstruction error from decode(codes)", ".4g")
 register_metric("distortion_ratio", False, "MSE / MSE of a strong k-means optimum with K centres (>= ~1)", ".3f")
 
 
