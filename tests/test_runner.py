@@ -128,3 +128,16 @@ def test_sigkill_mid_run_then_resume(project):
     files = sorted(results.rglob("*"))
     assert [p.name for p in files if p.is_file()] == [f"seed-{i}.json" for i in range(6)]
     assert all(json.loads(p.read_text())["status"] == "ok" for p in files if p.is_file())
+
+
+def test_one_driver_per_project(project):
+    """A second run beside a running one is refused: the tamper guard would undo its writes."""
+    from vqbench.cli import main
+    from vqbench.sandbox import exclusive_project
+    with exclusive_project(project):
+        assert main(["run", "--submission", "minimal", "--tasks", "synthetic/tiny", "--executor", "serial",
+                     "--quiet"]) == 2
+        assert main(["validate", "minimal"]) == 2
+    assert not list((project / "results").rglob("seed-*.json"))
+    assert main(["run", "--submission", "minimal", "--tasks", "synthetic/tiny", "--executor", "serial",
+                 "--quiet"]) == 0

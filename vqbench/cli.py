@@ -56,14 +56,20 @@ def cmd_submissions_list(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from vqbench.runner import plan, run
-    from vqbench.submissions import get_submission
-    from vqbench.tasks import list_tasks
-    from vqbench.validate import import_problem
+    from vqbench.sandbox import exclusive_project
     root = project_root()
     if args.data_root:  # workers inherit the environment (local Ray, serial); see runner for clusters
         os.environ["VQBENCH_IMAGENET"] = str(Path(args.data_root).resolve())
     results_dir = Path(args.results_dir) if args.results_dir else root / "results"
+    with exclusive_project(root):
+        return _run_locked(args, root, results_dir)
+
+
+def _run_locked(args, root: Path, results_dir: Path) -> int:
+    from vqbench.runner import plan, run
+    from vqbench.submissions import get_submission
+    from vqbench.tasks import list_tasks
+    from vqbench.validate import import_problem
     submissions = [get_submission(name) for name in args.submission]
     for sub in submissions:  # fail fast on an unimportable submission, before any job starts
         if problem := import_problem(sub, root, results_dir):
@@ -86,12 +92,14 @@ def cmd_run(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    from vqbench.sandbox import exclusive_project
     from vqbench.validate import format_check, validate
     root = project_root()
     results_dir = Path(args.results_dir) if args.results_dir else root / "results"
     print(f"vqbench validate {args.submission}", flush=True)
-    checks = validate(args.submission, root, results_dir, args.task, args.seed, args.reproduce, args.timeout,
-                      on_check=lambda c: print(format_check(c), flush=True))
+    with exclusive_project(root):
+        checks = validate(args.submission, root, results_dir, args.task, args.seed, args.reproduce, args.timeout,
+                          on_check=lambda c: print(format_check(c), flush=True))
     failed = [c for c in checks if not c.ok]
     print(f"\n{len(checks)} check(s), {len(failed)} failed: "
           f"{'the submission is valid' if not failed else 'the submission is NOT valid'}")

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import multiprocessing
 import os
@@ -26,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+LOCK_FILE = ".vqbench-run.lock"
 
 DEFAULT_MEMORY_GB = 8.0  # address space a job may add on top of the loaded runtime (torch, Ray)
 MAX_MESSAGE_BYTES = 16 << 20  # one message from a child; a bigger one is a fault, not data
@@ -291,6 +294,28 @@ class Guard:
             if path.is_relative_to(folder):
                 return f"{folder.name}/{path.relative_to(folder).as_posix()}"
         return str(path)
+
+
+@contextmanager
+def exclusive_project(root: Path) -> Iterator[None]:
+    """One driver (run or validate) per project at a time. The guard undoes every write into the
+    protected folders that its own driver did not make; a second, legitimate driver writing results
+    beside it would have its files undone, so it is refused instead, with the holder's pid."""
+    from vqbench.schema import ConfigError
+    path = Path(root) / LOCK_FILE
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise ConfigError(None, "project", f"{holder} is already running vqbench run/validate in {root}",
+                              "wait for it to finish (one driver per project keeps the tamper guard exact)") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}")
+        lock.flush()
+        yield  # the kernel drops the lock when this process ends, SIGKILL included
 
 
 def protected_folders(root: Path, results_dir: Path | None = None) -> list[Path]:
