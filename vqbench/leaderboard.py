@@ -140,8 +140,16 @@ def overview(tasks, subs, ok) -> str:
                 complete = len(vals) == len(per_family_tasks[f])
                 means[(f, name)][s] = statistics.fmean(vals) if vals and complete else None
             rows.setdefault(s, []).append(f"{len(have)}/{len(per_family_tasks[f])}")
+    # Best first on the first family's primary metric; incomplete submissions last, by name.
+    key = cols[1] if cols else None
+    sign = 1 if key and METRICS[key[1]].higher_is_better else -1
+
+    def order(s):
+        m = means[key].get(s) if key else None
+        return (m is None, -sign * m if m is not None else 0, s)
+
     table = []
-    for s in sorted(rows):
+    for s in sorted(rows, key=order):
         cells = [md_escape(subs[s].meta.display_name)]
         for f in families:
             for _, name in [c for c in cols if c[0] == f]:
