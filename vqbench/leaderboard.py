@@ -175,7 +175,10 @@ def sweep_plot(base_id: str, tasks_of_file: list, ok, subs) -> bytes | None:
     matplotlib.rcParams["svg.hashsalt"] = "vqbench"  # stable ids: the SVG is a pure function of results
     primary = get_family(tasks_of_file[0].family).primary_metric
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-    for s in sorted({s for (tid, s) in ok if any(t.id == tid for t in tasks_of_file)}):
+    names = sorted({s for (tid, s) in ok if any(t.id == tid for t in tasks_of_file)})
+    colors = plt.get_cmap("tab20").colors  # 20 distinct colours; markers vary too, for print
+    for i, s in enumerate(names):
+        style = {"color": colors[i % 20], "marker": "osD^v<>p"[i % 8]}
         for ax, name in zip(axes, ("utilization", primary)):
             xs, ys = [], []
             for t in sorted(tasks_of_file, key=lambda t: t.sweep_point[0][1]):
@@ -183,7 +186,7 @@ def sweep_plot(base_id: str, tasks_of_file: list, ok, subs) -> bytes | None:
                 if rs and all(r["metrics"].get(name) is not None for r in rs):
                     xs.append(t.sweep_point[0][1])
                     ys.append(statistics.fmean(r["metrics"][name] for r in rs))
-            ax.plot(xs, ys, marker="o", label=subs[s].meta.display_name[:40])
+            ax.plot(xs, ys, label=subs[s].meta.display_name[:40], **style)
     field = next(iter(keys))[0].split(".")[-1]
     log_x = min(values) > 0 and max(values) / min(values) >= 8
     for ax, name in zip(axes, ("utilization", primary)):
