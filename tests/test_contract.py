@@ -42,3 +42,9 @@ def test_rate_and_forward_at_a_larger_k(name, check):
 @pytest.mark.parametrize("case", list(EDGE_INPUTS))
 def test_edge_inputs_stay_finite(name, case):
     check_edge_input(builder(get_submission(name), DIM, 256), DIM, 256, case)
+
+
+@pytest.mark.parametrize("name", list_submissions())
+def test_source_scan_accepts_every_registered_submission(name):
+    from vqbench.validate import scan_source
+    assert scan_source(get_submission(name)) == []

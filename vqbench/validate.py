@@ -28,11 +28,12 @@ from typing import Callable
 import torch
 
 from vqbench.contract import Quantizer, QuantizerOutput
+from vqbench.ops import code_index
 from vqbench.results import iter_results
 from vqbench.sandbox import Guard, protected_folders, run_in_child, tamper_reason
 from vqbench.schema import ConfigError
 from vqbench.submissions import Submission, get_submission
-from vqbench.train import (JobFailure, check_output, check_rate, code_index, decode_table, max_difference,
+from vqbench.train import (JobFailure, check_output, check_rate, decode_table, max_difference,
                            seed_everything)
 
 SMOKE_TASK = Path(__file__).parent / "smoke_tasks" / "synthetic" / "smoke.yaml"
@@ -46,7 +47,7 @@ CHECKS_MEMORY_GB = 1.0  # the checks use tensors of kilobytes; a quantizer that 
 # amplifies them: expect a mismatch there, which the report's provenance notes point out.
 REPRODUCE_RTOL = 1e-6
 REPRODUCE_ATOL = 1e-9
-PUBLIC_MODULES = ("vqbench", "vqbench.contract", "vqbench.ops", "vqbench.adapters")  # what a submission may import
+PUBLIC_MODULES = ("vqbench", "vqbench.contract", "vqbench.ops", "vqbench.kmeans", "vqbench.adapters")  # what a submission may import
 SUSPECT_MODULES = ("gc", "inspect", "ctypes")  # reach into other objects' memory or frames
 
 
@@ -414,7 +415,7 @@ def validate(name_or_path: str, root: Path, results_dir: Path | None = None, tas
         return checks
     add(Check("schema: submission.yaml", True, f"{submission.folder} (hash {submission.hash})"))
     problems = scan_source(submission)
-    add(Check("source: imports only the public API (vqbench, .ops, .adapters); no gc/inspect/ctypes/frames",
+    add(Check("source: imports only the public API (vqbench, .ops, .kmeans, .adapters); no gc/inspect/ctypes/frames",
               not problems, "; ".join(problems) or "ok"))
     problem = import_problem(submission, root, results_dir)
     add(Check("import (separate process, time limit)", problem is None, problem or submission.meta.entrypoint))
