@@ -12,6 +12,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from vqbench.ops import code_index
+
 
 class MetricUnavailable(RuntimeError):
     """compute() of a metric that could not be set up (e.g. its weights cannot be downloaded);
@@ -96,8 +98,7 @@ class CodeUsage(Metric):
     def update(self, codes: Tensor) -> None:
         codes = codes.long()
         if codes.dim() == 3:  # (batch, tokens, depth) -> one joint symbol per token
-            weights = self.codebook_size ** torch.arange(codes.shape[-1], device=codes.device)
-            codes = (codes * weights).sum(-1)
+            codes = code_index(codes, self.codebook_size, codes.shape[-1])
         self.counts += torch.bincount(codes.flatten(), minlength=self.num_symbols)
 
     def compute(self) -> dict[str, float]:

@@ -96,11 +96,22 @@ def uniform_init(codebook_size: int, dim: int) -> Tensor:
     return torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
 
 
+def code_index(codes: Tensor, codebook_size: int, depth: int) -> Tensor:
+    """(..., depth) code tuples -> one joint symbol sum_l c_l * codebook_size^l in [0, K^depth), the
+    first level varying fastest (the one order used by the harness and its metrics); depth 1: as is."""
+    if depth == 1:
+        return codes
+    return (codes * codebook_size ** torch.arange(depth, device=codes.device)).sum(-1)
+
+
+def index_codes(index: Tensor, codebook_size: int, depth: int) -> Tensor:
+    """Inverse of code_index for depth > 1: (n,) joint symbols -> (n, depth) code tuples."""
+    return index.unsqueeze(-1) // codebook_size ** torch.arange(depth, device=index.device) % codebook_size
+
+
 def joint_codes(codebook_size: int, depth: int, device=None) -> Tensor:
-    """All codebook_size^depth code tuples (N, depth), first level varying fastest: row i is the
-    tuple whose joint symbol sum_l c_l * codebook_size^l (the harness's order) equals i."""
-    i = torch.arange(codebook_size ** depth, device=device)
-    return torch.stack([(i // codebook_size ** level) % codebook_size for level in range(depth)], -1)
+    """All codebook_size^depth code tuples (N, depth): row i is the tuple whose code_index is i."""
+    return index_codes(torch.arange(codebook_size ** depth, device=device), codebook_size, depth)
 
 
 # FSQ (Mentzer et al. 2023, arXiv 2309.15505) table 1: recommended levels per target codebook size

@@ -24,6 +24,7 @@ from torch import Tensor
 from vqbench.contract import Quantizer, QuantizerOutput
 from vqbench.families import Setup
 from vqbench.metrics import METRICS, CodeUsage, LatentRank, MetricUnavailable, QuantizationError, effective_rank
+from vqbench.ops import code_index, index_codes
 
 TABLE_CHUNK = 1 << 14  # code tuples per decode() call when building the decode table
 SAME_RTOL = 1e-5  # "same vectors": max |a - b| <= SAME_RTOL * (1 + max |a|, |b|); float32 rounding is ~1e-7
@@ -85,26 +86,11 @@ def max_difference(a: Tensor, b: Tensor) -> float | None:
     return None if diff <= SAME_RTOL * (1 + scale) else diff
 
 
-def _powers(codebook_size: int, depth: int, device) -> Tensor:
-    return codebook_size ** torch.arange(depth - 1, -1, -1, device=device)
-
-
-def code_index(codes: Tensor, codebook_size: int, depth: int) -> Tensor:
-    """(..., depth) code tuples -> one index in [0, K^depth) (<= the task's K by the rate check)."""
-    return codes if depth == 1 else (codes * _powers(codebook_size, depth, codes.device)).sum(-1)
-
-
-def index_codes(index: Tensor, codebook_size: int, depth: int) -> Tensor:
-    """Inverse of code_index, shaped (n, 1) or (n, 1, depth): n one-token sequences."""
-    if depth == 1:
-        return index.view(-1, 1)
-    return (index.view(-1, 1) // _powers(codebook_size, depth, index.device) % codebook_size).view(-1, 1, depth)
-
-
 def _decode_many(q: Quantizer, index: Tensor, codebook_size: int, depth: int, dim: int, chunk: int) -> Tensor:
     parts = []
     for piece in index.split(chunk):
-        out = q.decode(index_codes(piece, codebook_size, depth))
+        codes = piece.view(-1, 1) if depth == 1 else index_codes(piece, codebook_size, depth).view(-1, 1, depth)
+        out = q.decode(codes)  # n one-token sequences
         if type(out) is not Tensor or tuple(out.shape) != (len(piece), 1, dim):
             raise JobFailure(f"decode(codes) of shape {(len(piece), 1)} returned "
                              f"{tuple(getattr(out, 'shape', ())) or type(out).__name__}, expected {(len(piece), 1, dim)}")
