@@ -1,6 +1,6 @@
 """Contract conformance, parametrized over every registered submission (a new one is tested automatically).
 
-The checks are vqbench.validate's, the same that `vqbench validate` reports: one home for what
+The checks are vqbench.checks', the same that `vqbench validate` reports: one home for what
 the contract means.
 """
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from vqbench.submissions import get_submission, list_submissions
-from vqbench.validate import (CONTRACT_CHECKS, EDGE_INPUTS, builder, check_edge_input, check_edge_inputs, check_forward,
-                              check_rate_both_modes)
+from vqbench.checks import (CONTRACT_CHECKS, EDGE_INPUTS, builder, check_edge_input, check_edge_inputs, check_forward,
+                            check_rate_both_modes)
 
 
 def available(names):

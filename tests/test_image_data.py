@@ -8,8 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from vqbench.data import images, sources
-from vqbench.data.images import (DataRootError, ImageFolder, LitePhotos, endless_loader, image_files,
+from vqbench.families import DataRootError, data_root_env
+from vqbench.families import sources
+from vqbench.families.image import data as images
+from vqbench.families.image.data import ( ImageFolder, LitePhotos, endless_loader, image_files,
                                  lite_photo_paths, resolve_root, split_by_photo)
 from vqbench.families import get_family
 from vqbench.tasks import get_task
@@ -31,10 +33,10 @@ def make_folder(root, split, sizes):
 
 def test_sources_fetch_verified_and_listed():
     folder = sources.fetch("sklearn-photos")
-    for member, digest in sources.SOURCES["sklearn-photos"].members.items():
+    for member, digest in sources.all_sources()["sklearn-photos"].members.items():
         assert sources.sha256((folder / member).read_bytes()) == digest
     rows = {name: (cached, size) for name, cached, _, size in sources.status()}
-    assert set(rows) == set(sources.SOURCES)
+    assert set(rows) == set(sources.all_sources())
     assert rows["sklearn-photos"][0] and rows["sklearn-photos"][1] > 300_000
 
 
@@ -91,20 +93,20 @@ def test_image_folder_loader(tmp_path):
 def test_full_tier_missing_root_is_a_clear_error(tmp_path, monkeypatch):
     task = get_task("image/imagenet128@codebook_size=1024")
     missing = tmp_path / "no-imagenet"
-    monkeypatch.setenv(images.ROOT_ENV, str(missing))
+    monkeypatch.setenv(data_root_env("image"), str(missing))
     with pytest.raises(DataRootError) as e:
         get_family("image").build(task, 0, torch.device("cpu"))
     msg = str(e.value)
-    assert str(missing / "train") in msg and "data.root" in msg and "--data-root" in msg and "imagenet128" in msg
-    monkeypatch.delenv(images.ROOT_ENV)
-    with pytest.raises(DataRootError, match="no image folder given"):
+    assert str(missing / "train") in msg and "data.root" in msg and "--data image=" in msg and "imagenet128" in msg
+    monkeypatch.delenv(data_root_env("image"))
+    with pytest.raises(DataRootError, match="no data folder given"):
         resolve_root(None)
 
 
 def test_full_tier_builds_from_a_folder(tmp_path, monkeypatch):
     make_folder(tmp_path, "train", [(140, 130)] * 4)
     make_folder(tmp_path, "val", [(128, 150)] * 3)
-    monkeypatch.setenv(images.ROOT_ENV, str(tmp_path))
+    monkeypatch.setenv(images.LEGACY_ROOT_ENV, str(tmp_path))  # the older variable still works
     task = get_task("image/imagenet128@codebook_size=1024")
     task = dataclasses.replace(task, train=dataclasses.replace(task.train, batch_size=2),
                                data=dataclasses.replace(task.data, num_workers=0), metrics=("psnr",))
@@ -114,14 +116,8 @@ def test_full_tier_builds_from_a_folder(tmp_path, monkeypatch):
 
 
 def run_cli(argv):
-    import argparse
-
-    from vqbench.data.cli import add_data_commands
-
-    parser = argparse.ArgumentParser(prog="vqbench")
-    add_data_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    from vqbench.cli import main
+    return main(argv)
 
 
 def test_data_cli_lists_and_fails_offline_in_one_line(tmp_path, monkeypatch, capsys):

@@ -8,10 +8,10 @@ import torch
 
 from vqbench.contract import Quantizer, QuantizerOutput
 from vqbench.families import get_family
-from vqbench.families.image import SharedView
-from vqbench.metrics import METRICS
-from vqbench.metrics_image import LPIPS
-from vqbench.models.image import Decoder, Encoder, ReconstructionLoss, from_tokens, to_tokens
+from vqbench.families.image.metrics import SharedView
+from vqbench.metrics import METRICS, MetricContext, build_metrics
+from vqbench.families.image.metrics import LPIPS
+from vqbench.families.image.model import Decoder, Encoder, ReconstructionLoss, from_tokens, to_tokens
 from vqbench.ops import nearest_code, straight_through
 from vqbench.schema import ConfigError
 from vqbench.tasks import get_task, list_tasks
@@ -62,11 +62,18 @@ def test_model_token_layout():
     assert dec(enc(torch.randn(2, 3, 64, 64))).shape == (2, 3, 64, 64)
 
 
+def job_metrics(task, setup=None):
+    """The task's metrics as a job builds them: from the registered specs and the setup's context."""
+    setup = setup or get_family(task.family).build(task, 0, torch.device("cpu"))
+    return build_metrics(task.metrics, MetricContext(task, torch.device("cpu"), setup.metric_context))
+
+
 def test_lite_build_trains_and_evaluates():
     task = get_task("image/lite@codebook_size=1024")
     task = dataclasses.replace(task, metrics=("psnr", "ssim", "mse", "lpips"))  # rFID/KID: test_image_metrics
     family = get_family("image")
     setup = family.build(task, seed=0, device=torch.device("cpu"))
+    fidelity = job_metrics(task, setup)
     again = family.build(task, seed=0, device=torch.device("cpu"))
     x = next(setup.train_batches)
     assert x.shape == (16, 3, 64, 64) and torch.equal(x, next(again.train_batches))
@@ -89,16 +96,16 @@ def test_lite_build_trains_and_evaluates():
     with torch.no_grad():
         for x in evals:
             x_hat = setup.decoder(quantizer.decode(quantizer(setup.encoder(x)).codes))
-            for metric in setup.fidelity_metrics.values():
+            for metric in fidelity.values():
                 metric.update(x_hat, x)
-    result = {name: m.compute() for name, m in setup.fidelity_metrics.items()}
+    result = {name: m.compute() for name, m in fidelity.items()}
     assert set(result) == {"psnr", "ssim", "mse", "lpips"} and all(isinstance(v, float) for v in result.values())
     assert 8 < result["psnr"] < 40 and 0 < result["ssim"] < 1 and 0 < result["lpips"] < 1
 
 
 def test_rfid_and_kid_share_one_inception_pass():
     task = dataclasses.replace(get_task("image/lite@codebook_size=1024"), metrics=("rfid", "kid"))
-    metrics = get_family("image").build(task, 0, torch.device("cpu")).fidelity_metrics
+    metrics = job_metrics(task)
     assert isinstance(metrics["rfid"], SharedView) and metrics["rfid"].shared is metrics["kid"].shared
     assert metrics["rfid"].owner and not metrics["kid"].owner
 

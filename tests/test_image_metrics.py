@@ -7,10 +7,10 @@ import uuid
 import pytest
 import torch
 
-from vqbench.data.images import LitePhotos, uint8_to_float
-from vqbench.data.sources import fetch
+from vqbench.families.image.data import LitePhotos, uint8_to_float
+from vqbench.families.sources import fetch
 from vqbench.metrics import MetricUnavailable, Unavailable
-from vqbench.metrics_image import LPIPS, PSNR, SSIM, InceptionMetrics, frechet_distance, inception, weights_or_reason
+from vqbench.families.image.metrics import LPIPS, PSNR, SSIM, InceptionMetrics, frechet_distance, inception, weights_or_reason
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -141,3 +141,14 @@ def test_one_driver_per_project(project):
     assert not list((project / "results").rglob("seed-*.json"))
     assert main(["run", "--submission", "minimal", "--tasks", "synthetic/tiny", "--executor", "serial",
                  "--quiet"]) == 0
+
+
+def test_multi_file_submission_runs_and_its_training_metrics_are_logged(project):
+    results = project / "results"
+    summary, _ = run_jobs(["two_files"], [get_task("synthetic/tiny")], results, seeds=[0])
+    assert len(summary.done) == 1, summary.failed and summary.failed[0]["error"]
+    log = read_result(result_path(results, "two_files", "synthetic/tiny", 0))["train"]["quantizer_log"]
+    steps = [step for step, _ in log]
+    assert steps == sorted(steps) and steps[0] == 0 and steps[-1] == 29  # the loss curve's points
+    # plain names and finite numbers only: "bad name!" and a NaN never reach the result file
+    assert all(set(values) == {"codes_in_batch"} and 1 <= values["codes_in_batch"] <= 16 for _, values in log)

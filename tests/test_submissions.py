@@ -57,3 +57,15 @@ def test_hash_changes_with_code_not_with_caches(project):
     assert load_submission(folder).hash == before
     (folder / "quantizer.py").write_text((folder / "quantizer.py").read_text() + "\n# edited\n")
     assert load_submission(folder).hash != before
+
+
+def test_a_submission_split_over_files_imports_as_a_package(project):
+    sub = get_submission("two_files")
+    cls = sub.quantizer_class()
+    assert cls.__name__ == "TwoFileVQ" and cls.__module__.endswith(".quantizer")
+    assert type(sub.build(4, 16).book).__module__ == cls.__module__.rsplit(".", 1)[0] + ".layers"
+
+
+def test_two_submissions_with_the_same_module_names_do_not_collide(project):
+    a, b = get_submission("minimal").quantizer_class(), get_submission("two_files").quantizer_class()
+    assert a.__module__ != b.__module__ and a.__name__ == "MinimalVQ" and b.__name__ == "TwoFileVQ"

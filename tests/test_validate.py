@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from vqbench.results import result_path
 from vqbench.runner import plan, run
 from vqbench.submissions import get_submission
 from vqbench.tasks import get_task
-from vqbench.validate import CONTRACT_CHECKS, validate
+from vqbench.validate import CONTRACT_CHECKS, SOURCE_CHECK, validate
 
 from conftest import REPO
 
@@ -90,7 +91,9 @@ def test_source_reaching_into_the_harness_is_refused(project):
     code = project / "submissions" / "minimal" / "quantizer.py"
     code.write_text("import gc\nimport vqbench.train\n" + code.read_text())
     failed = {c.name: c.detail for c in validate("minimal", project) if not c.ok}
-    assert list(failed) == ["source: imports only the public API (vqbench, .ops, .kmeans, .adapters); no gc/inspect/ctypes/frames"]
+    assert list(failed) == [SOURCE_CHECK]
+    assert SOURCE_CHECK == ("source: imports only the public API (vqbench, .contract, .ops, .kmeans, .adapters); "
+                            "no gc/inspect/ctypes/frames")
     assert failed[next(iter(failed))] == "quantizer.py:1: imports gc; quantizer.py:2: imports vqbench.train"
 
 
@@ -132,3 +135,11 @@ def test_reproduce_matches_a_committed_result_and_names_a_metric_that_differs(pr
 def test_reproduce_without_a_committed_result_says_so(project):
     repro = validate("minimal", project, project / "results", "synthetic/tiny", do_reproduce=True)[-1]
     assert not repro.ok and repro.detail.startswith("no current successful result of task 'synthetic/tiny'")
+
+
+def test_the_public_api_is_written_once():
+    """docs/submitting.md lists exactly what the source scan allows (vqbench.contract.PUBLIC_MODULES)."""
+    from vqbench.contract import PUBLIC_MODULES
+    docs = (Path(__file__).parent.parent / "docs" / "submitting.md").read_text()
+    listed = set(re.findall(r"`(vqbench(?:\.\w+)?)`", docs.split("may\nimport only", 1)[1].split("refused", 1)[0]))
+    assert listed == set(PUBLIC_MODULES)

@@ -1,4 +1,4 @@
-"""`vqbench` command line: tasks, submissions, run, validate, leaderboard."""
+"""`vqbench` command line: tasks, submissions, metrics, data, run, validate, leaderboard."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,6 @@ import os
 import sys
 from pathlib import Path
 
-from vqbench.data.cli import add_data_commands
 from vqbench.paths import project_root
 from vqbench.schema import ConfigError
 
@@ -55,11 +54,33 @@ def cmd_submissions_list(args) -> int:
     return 0
 
 
+def _data_folders(pairs: list[str], legacy_root: str | None) -> dict[str, Path]:
+    """`--data FAMILY=PATH` (repeatable) and the deprecated `--data-root PATH` as {family: folder}."""
+    from vqbench.families import get_family, list_families
+    folders: dict[str, Path] = {}
+    for pair in pairs:
+        family, sep, path = pair.partition("=")
+        if not sep or not path or family not in list_families():
+            raise ConfigError(None, "--data", f"{pair!r} is not FAMILY=PATH with a registered family",
+                              f"write e.g. --data {next(iter(list_families()))}=/path (families: "
+                              f"{', '.join(list_families())})")
+        if not get_family(family).takes_data_root:
+            raise ConfigError(None, "--data", f"family {family!r} reads no data folder",
+                              f"give it to one of: {', '.join(f for f in list_families() if get_family(f).takes_data_root)}")
+        folders[family] = Path(path).expanduser().resolve()
+    if legacy_root:
+        family = next(f for f in list_families() if get_family(f).legacy_data_root)
+        print(f"warning: --data-root is deprecated; use --data {family}={legacy_root}", file=sys.stderr)
+        folders.setdefault(family, Path(legacy_root).expanduser().resolve())
+    return folders
+
+
 def cmd_run(args) -> int:
+    from vqbench.families import data_root_env
     from vqbench.sandbox import exclusive_project
     root = project_root()
-    if args.data_root:  # workers inherit the environment (local Ray, serial); see runner for clusters
-        os.environ["VQBENCH_IMAGENET"] = str(Path(args.data_root).resolve())
+    for family, folder in _data_folders(args.data or [], args.data_root).items():
+        os.environ[data_root_env(family)] = str(folder)  # the runner forwards VQBENCH_* to every worker
     results_dir = Path(args.results_dir) if args.results_dir else root / "results"
     with exclusive_project(root):
         return _run_locked(args, root, results_dir)
@@ -125,10 +146,61 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vqbench", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
 
+
+def cmd_data_list(args) -> int:
+    from vqbench.families.sources import all_sources, status
+    rows, sources = status(), all_sources()
+    width = max((len(name) for name, *_ in rows), default=0)
+    for name, cached, folder, size in rows:
+        state = f"cached   {_size(size):>9}  {folder}" if cached else f"missing  {'':>9}  (vqbench data fetch {name})"
+        print(f"{name:<{width}}  {state}")
+        print(f"{'':<{width}}  {sources[name].description}; from {sources[name].requirement}")
+    missing = [name for name, cached, *_ in rows if not cached]
+    print(f"{len(rows) - len(missing)} of {len(rows)} sources cached" + ("; fetch the rest with `vqbench data fetch`"
+                                                                        if missing else ""))
+    return 0
+
+
+def cmd_data_fetch(args) -> int:
+    from vqbench.families.sources import DataSourceError, all_sources, fetch
+    failed = 0
+    for name in args.names or list(all_sources()):
+        try:
+            folder = fetch(name)
+        except DataSourceError as e:
+            print(f"error: {e}")
+            failed += 1
+            continue
+        print(f"{name}: ok ({folder})")
+    return 1 if failed else 0
+
+
+def cmd_metrics(args) -> int:
+    from tabulate import tabulate
+    from vqbench.families import get_family, list_families
+    from vqbench.metrics import CODE_METRICS, METRICS
+    families = list_families()
+
+    def reported_by(name: str) -> str:
+        if name in CODE_METRICS or name == "bits_per_token":
+            return "every task"
+        return ", ".join(f for f in families if name in get_family(f).metrics) or "no family"
+
+    rows = [(s.name, s.label, "↑" if s.higher_is_better else "↓", s.unit, reported_by(s.name), s.doc)
+            for s in sorted(METRICS.values(), key=lambda s: s.name)]
+    print(tabulate(rows, headers=["metric", "label", "better", "unit", "reported by", "definition"],
+                   tablefmt="github" if args.markdown else "simple"))
+    return 0
+
+
+def _add_registry_commands(sub) -> None:
     tasks = sub.add_parser("tasks", help="the task registry").add_subparsers(dest="action", required=True)
     p = tasks.add_parser("list", help="list tasks matching a glob")
     p.add_argument("pattern", nargs="?", default="*")
@@ -143,6 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*")
     p.set_defaults(func=cmd_submissions_list)
 
+    p = sub.add_parser("metrics", help="every registered metric: label, direction, unit, definition")
+    p.add_argument("--markdown", action="store_true", help="a markdown table (docs)")
+    p.set_defaults(func=cmd_metrics)
+
+    data = sub.add_parser("data", help="list and fetch the downloadable data and weights").add_subparsers(
+        dest="data_command", required=True)
+    data.add_parser("list", help="show each data source, cached or missing").set_defaults(func=cmd_data_list)
+    p = data.add_parser("fetch", help="download and verify data sources (default: all)")
+    p.add_argument("names", nargs="*", metavar="NAME", help="sources to fetch (see `vqbench data list`)")
+    p.set_defaults(func=cmd_data_fetch)
+
+
+def _add_run_command(sub) -> None:
     p = sub.add_parser("run", help="train and evaluate submissions on tasks")
     p.add_argument("--submission", action="append", required=True, help="name or folder; repeatable")
     p.add_argument("--tasks", action="append", help="glob over task ids, e.g. 'synthetic/*'; repeatable")
@@ -155,10 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="seconds per job (default: the task's resources.timeout_s)")
     p.add_argument("--force", action="store_true", help="rerun jobs that already have a current result")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--data", action="append", metavar="FAMILY=PATH",
+                   help="a family's data folder for full-tier tasks (sets $VQBENCH_DATA_<FAMILY>); repeatable")
+    p.add_argument("--data-root", help="deprecated (before --data existed): the data folder of the family that reads "
+                                            "it; use --data FAMILY=PATH")
     p.set_defaults(func=cmd_run)
 
-    p.add_argument("--data-root", help="ImageNet-style folder for full-tier image tasks (sets $VQBENCH_IMAGENET)")
 
+def _add_check_commands(sub) -> None:
     p = sub.add_parser("validate", help="check a submission: schema, contract, anti-cheat probes, smoke run")
     p.add_argument("submission", help="name under submissions/ or a folder")
     p.add_argument("--task", help="task id whose dim/K the contract checks use (default: the smoke task's); "
@@ -175,7 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="exit 1 when leaderboard/ is not what results/ gives")
     p.set_defaults(func=cmd_leaderboard)
 
-    add_data_commands(sub)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vqbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_registry_commands(sub)
+    _add_run_command(sub)
+    _add_check_commands(sub)
     return parser
 
 

@@ -15,13 +15,22 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+# What a submission may import from the harness (vqbench validate refuses any other vqbench module):
+# the contract, shared kernels, the k-means helper and the adapters for external libraries.
+PUBLIC_MODULES = ("vqbench", "vqbench.contract", "vqbench.ops", "vqbench.kmeans", "vqbench.adapters")
+
+
+def bits_per_token(codebook_size: int, depth: int = 1) -> float:
+    """The rate of a token: depth code levels of log2(codebook_size) bits each."""
+    return depth * math.log2(codebook_size)
+
 
 @dataclass
 class QuantizerOutput:
     z_q: Tensor  # (batch, tokens, dim), with a gradient path to z (straight-through or better)
     codes: Tensor  # (batch, tokens) or (batch, tokens, depth), int64 in [0, codebook_size)
     loss: Tensor | float = 0.0  # scalar auxiliary loss (commitment, entropy, ...)
-    metrics: dict[str, float] = field(default_factory=dict)  # optional training-time logging
+    metrics: dict[str, float] = field(default_factory=dict)  # optional; logged in the result's train.quantizer_log
 
 
 class Quantizer(torch.nn.Module, abc.ABC):
@@ -43,7 +52,7 @@ class Quantizer(torch.nn.Module, abc.ABC):
 
     @property
     def bits_per_token(self) -> float:
-        return self.depth * math.log2(self.codebook_size)
+        return bits_per_token(self.codebook_size, self.depth)
 
     @abc.abstractmethod
     def forward(self, z: Tensor) -> QuantizerOutput:

@@ -15,14 +15,15 @@ from typing import Any, Callable
 
 import torch
 
-from vqbench.data.images import DataRootError
-from vqbench.data.sources import DataSourceError
-from vqbench.families import get_family
+from vqbench.contract import bits_per_token
+from vqbench.enforce import JobFailure, check_rate
+from vqbench.families import DataError, get_family
+from vqbench.metrics import METRICS, MetricContext, build_metrics
 from vqbench.results import provenance
 from vqbench.sandbox import is_out_of_memory, memory_limit_gb, run_in_child
 from vqbench.schema import ConfigError
 from vqbench.submissions import Submission
-from vqbench.train import JobFailure, check_rate, evaluate, seed_everything, train
+from vqbench.train import evaluate, seed_everything, train
 
 PROGRESS_UPDATES = 100  # step reports per job from a child process
 
@@ -41,14 +42,17 @@ def execute_job(submission: Submission, task, seed: int, root: Path, executor: s
         seed_everything(seed)
         quantizer = submission.build(task.quantizer.dim, task.quantizer.codebook_size)
         size, depth = check_rate(quantizer, task.quantizer.codebook_size)
-        result["bits_per_token"] = depth * math.log2(size)
+        result["bits_per_token"] = bits_per_token(size, depth)
         setup = get_family(task.family).build(task, seed, device)
+        # Built right after the setup, before training: some metrics initialise weights (drawing from
+        # the seeded RNG) before loading them, so this order is part of what the seed fixes.
+        fidelity = build_metrics(task.metrics, MetricContext(task, device, setup.metric_context))
         quantizer.to(device)
         result["train"] = train(setup, quantizer, task, on_step)
-        result["metrics"], unavailable = evaluate(setup, quantizer, task)
+        result["metrics"], unavailable = evaluate(setup, quantizer, task, fidelity)
         if unavailable:
             result["metrics_unavailable"] = unavailable
-    except (JobFailure, ConfigError, DataRootError, DataSourceError) as e:
+    except (JobFailure, ConfigError, DataError) as e:
         result.update(status="failed", error={"reason": str(e), "type": type(e).__name__,
                                               "traceback": traceback.format_exc(limit=-8)})
     except Exception as e:  # the submission's own bug: record it, never take the run down
@@ -92,6 +96,9 @@ def _problem(value: Any, submission: Submission, task, seed: int) -> str | None:
     if not isinstance(metrics, dict) or not all(
             v is None or (type(v) in (int, float) and math.isfinite(v)) for v in metrics.values()):
         return "its metrics are not finite numbers"
+    get_family(task.family)  # its metric specs are registered from here on
+    if unknown := sorted(str(k)[:40] for k in metrics if k not in METRICS):
+        return f"it reports unregistered metrics ({', '.join(unknown[:5])})"
     if value["status"] == "failed" and not isinstance((value.get("error") or {}).get("reason"), str):
         return "a failed result without a reason"
     return None

@@ -6,7 +6,8 @@ Every result reports the codebook metrics in CODE_METRICS; families add fidelity
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -41,28 +42,65 @@ class Unavailable:
 
 
 @dataclass(frozen=True)
-class MetricInfo:
+class MetricSpec:
+    """Everything known about a metric, registered once by its owner (a family, or the core for
+    code usage): the leaderboard, `vqbench metrics`, the docs and result checks all read this."""
+    name: str
     higher_is_better: bool
-    description: str
+    doc: str  # one line: the definition
     fmt: str = ".4g"  # how the leaderboard prints it
+    label: str = ""  # column header; default: the name
+    unit: str = ""  # e.g. "dB"; empty for ratios and counts
+    factory: Callable[[MetricContext], object] | None = None  # builds the streaming metric; None: the core computes it
+    inputs: Literal["reconstruction", "eval"] = "reconstruction"  # update(x_hat, x), or update(EvalBatch)
+
+    @property
+    def description(self) -> str:
+        return self.doc
 
 
-METRICS: dict[str, MetricInfo] = {}
+@dataclass
+class MetricContext:
+    """What a metric factory may read: the task, the device, the family's Setup.metric_context,
+    and `shared`, one dict per evaluation for metrics that share work (rFID and KID share features)."""
+    task: Any
+    device: torch.device
+    context: dict[str, Any]
+    shared: dict[str, Any] = field(default_factory=dict)
 
 
-def register_metric(name: str, higher_is_better: bool, description: str, fmt: str = ".4g") -> None:
-    METRICS[name] = MetricInfo(higher_is_better, description, fmt)
+METRICS: dict[str, MetricSpec] = {}
+
+
+def register_metric(name: str, higher_is_better: bool, doc: str, fmt: str = ".4g", *, label: str = "",
+                    unit: str = "", factory: Callable[[MetricContext], object] | None = None,
+                    inputs: Literal["reconstruction", "eval"] = "reconstruction") -> MetricSpec:
+    spec = MetricSpec(name, higher_is_better, doc, fmt, label or name, unit, factory, inputs)
+    if name in METRICS and replace(METRICS[name], factory=None) != replace(spec, factory=None):
+        raise ValueError(f"metric {name!r} is already registered with another spec; a metric has one owner")
+    METRICS[name] = spec
+    return spec
+
+
+def build_metrics(names: Sequence[str], ctx: MetricContext) -> dict[str, object]:
+    """The streaming metrics a task asks for, in its order (construction order is part of the
+    seeded run: some weights are initialised before they are loaded)."""
+    missing = [n for n in names if METRICS[n].factory is None]
+    if missing:
+        raise ValueError(f"metric(s) {', '.join(missing)} have no factory: they are computed by the core")
+    return {name: METRICS[name].factory(ctx) for name in names}
 
 
 register_metric("utilization", True, "distinct codes used on the eval set / K", ".1%")
 register_metric("perplexity", True, "exp(entropy) of the eval code histogram", ".1f")
-register_metric("perplexity_ratio", True, "perplexity / K", ".1%")
-register_metric("dead_codes", False, "codes never used on the eval set", ".0f")
-register_metric("codebook_rank", True, "effective rank (Roy & Vetterli) of the centred codebook", ".2f")
-register_metric("latent_rank", True, "effective rank of the centred encoder latents", ".2f")
-register_metric("quantization_error", False, "sum |z - decode(codes)|^2 / sum |z - mean z|^2", ".4f")
-register_metric("bits_per_token", False, "depth x log2(codebook size)", ".2f")
-register_metric("mse", False, "mean squared reconstruction error from decode(codes)", ".4g")
+register_metric("perplexity_ratio", True, "perplexity / K", ".1%", label="perplexity/K")
+register_metric("dead_codes", False, "codes never used on the eval set", ".0f", label="dead codes")
+register_metric("codebook_rank", True, "effective rank (Roy & Vetterli) of the centred codebook", ".2f",
+                label="codebook rank")
+register_metric("latent_rank", True, "effective rank of the centred encoder latents", ".2f", label="latent rank")
+register_metric("quantization_error", False, "sum |z - decode(codes)|^2 / sum |z - mean z|^2", ".4f",
+                label="quant. error")
+register_metric("bits_per_token", False, "depth x log2(codebook size)", ".2f", label="bits/token")
 CODE_METRICS = ("utilization", "perplexity", "perplexity_ratio", "dead_codes", "codebook_rank",
                 "latent_rank", "quantization_error")
 
@@ -183,13 +221,5 @@ class MeanSquaredError(Metric):
         return float(self.sse / self.n)
 
 
-class DistortionRatio(MeanSquaredError):
-    """MSE / the MSE of a strong k-means optimum with the same number of codes (>= 1 up to k-means
-    being only near-optimal; lower is better, 1 means the quantizer is as good as k-means)."""
-
-    def __init__(self, reference_mse: float):
-        super().__init__()
-        self.reference_mse = reference_mse
-
-    def compute(self) -> float:
-        return super().compute() / self.reference_mse
+register_metric("mse", False, "mean squared reconstruction error from decode(codes)", ".4g",
+                factory=lambda ctx: MeanSquaredError().to(ctx.device))

@@ -25,8 +25,7 @@ from vqbench.submissions import Submission
 
 console = Console(stderr=True)
 WORKER_GRACE_S = 60.0  # Ray backstop on top of a job's limit: a fresh worker imports torch first
-# Settings a job reads from the environment; passed to Ray workers, which may run on other nodes.
-FORWARDED_ENV = ("VQBENCH_HOME", "VQBENCH_ROOT", "VQBENCH_IMAGENET")
+FORWARDED_PREFIX = "VQBENCH_"  # every setting a job reads from the environment; Ray workers may be on other nodes
 
 
 @dataclass(frozen=True)
@@ -90,67 +89,71 @@ def _remote_job(submission, task, seed, root, timeout_s):
     return result
 
 
+def worker_env() -> dict[str, str]:
+    """What a Ray worker's environment gets from the driver's: one thread, and every VQBENCH_* setting
+    (data folders, cache home, project root, family path), so workers on other nodes read the same."""
+    return {"OMP_NUM_THREADS": "1", **{k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIX)}}
+
+
+def _ray_init(workers: int | None, address: str | None):
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    runtime_env = {"env_vars": worker_env()}
+    if address:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
+    else:  # address="local": a fresh private instance even if a `ray start` cluster runs on this machine
+        ray.init(address="local", num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 runtime_env=runtime_env)
+    return ray
+
+
+def _ray_result(ray, ref, job: Job, root: Path, elapsed: float) -> dict:
+    """The job's result, or a failed result naming what went wrong with its worker."""
+    from ray.exceptions import WorkerCrashedError
+    try:
+        return ray.get(ref)
+    except WorkerCrashedError as e:
+        return failed_result(job.submission, job.task, job.seed, root, "worker crashed: the job's process died "
+                             "(segfault, abort or out of memory)", "WorkerCrashedError", "ray", elapsed, str(e))
+    except ray.exceptions.RayError as e:  # task error, cancellation, get timeout
+        return failed_result(job.submission, job.task, job.seed, root,
+                             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                             type(e).__name__, "ray", elapsed, str(e))
+
+
 def run_ray(jobs: list[Job], root: Path, timeout_s: float | None, on_result: Callable[[Job, dict, list[Job]], None],
             workers: int | None = None, address: str | None = None) -> None:
     """Ray fan-out with a per-job wall-clock limit (Ray has none: ray.wait, then ray.cancel(force))."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
-    from ray.exceptions import GetTimeoutError, RayTaskError, TaskCancelledError, WorkerCrashedError
-
-    env_vars = {"OMP_NUM_THREADS": "1", **{k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}}
-    if address:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": env_vars})
-    else:
-        # address="local": a fresh private instance even if a `ray start` cluster runs on this machine
-        ray.init(address="local", num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": env_vars})
+    ray = _ray_init(workers, address)
     try:
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
         slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
         remote = ray.remote(max_retries=0)(_remote_job)
-        pending = list(jobs)
-        running: dict = {}  # ref -> (job, start time)
-
-        def submit(job: Job) -> None:
-            gpus = job.task.resources.gpus if has_gpu else 0
-            ref = remote.options(num_cpus=job.task.resources.cpus, num_gpus=gpus).remote(
-                job.submission, job.task, job.seed, str(root), timeout_s or job.task.resources.timeout_s)
-            running[ref] = (job, time.monotonic())
-
-        # Submit no more than there are slots, so a job's clock starts when it starts running.
+        pending, running = list(jobs), {}  # running: ref -> (job, start time, deadline)
         while pending or running:
+            # Submit no more than there are slots, so a job's clock starts when it starts running.
             while pending and len(running) < slots:
-                submit(pending.pop(0))
-            now = time.monotonic()
-            # The worker enforces the limit on its child; this backstop (plus time for a fresh worker to
-            # start) catches a worker that itself stops answering.
-            deadlines = {ref: start + (timeout_s or job.task.resources.timeout_s) + WORKER_GRACE_S
-                         for ref, (job, start) in running.items()}
-            wait_for = max(0.05, min(deadlines.values()) - now)
+                job = pending.pop(0)
+                limit = timeout_s or job.task.resources.timeout_s
+                ref = remote.options(num_cpus=job.task.resources.cpus,
+                                     num_gpus=job.task.resources.gpus if has_gpu else 0).remote(
+                    job.submission, job.task, job.seed, str(root), limit)
+                # The worker enforces the limit on its child; this backstop (plus time for a fresh worker
+                # to start) catches a worker that itself stops answering.
+                running[ref] = (job, time.monotonic(), time.monotonic() + limit + WORKER_GRACE_S)
+            wait_for = max(0.05, min(d for _, _, d in running.values()) - time.monotonic())
             ready, _ = ray.wait(list(running), num_returns=1, timeout=wait_for)
             for ref in ready:
-                job, start = running.pop(ref)
-                elapsed = time.monotonic() - start
-                try:
-                    result = ray.get(ref)
-                except WorkerCrashedError as e:
-                    result = failed_result(job.submission, job.task, job.seed, root,
-                                           "worker crashed: the job's process died (segfault, abort or "
-                                           "out of memory)", "WorkerCrashedError", "ray", elapsed, str(e))
-                except (RayTaskError, TaskCancelledError, GetTimeoutError, ray.exceptions.RayError) as e:
-                    result = failed_result(job.submission, job.task, job.seed, root,
-                                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                                           type(e).__name__, "ray", elapsed, str(e))
-                on_result(job, result, [j for j, _ in running.values()])
+                job, start, _ = running.pop(ref)
+                result = _ray_result(ray, ref, job, root, time.monotonic() - start)
+                on_result(job, result, [j for j, _, _ in running.values()])
             now = time.monotonic()
-            for ref in [r for r, d in deadlines.items() if r in running and now >= d]:
-                job, start = running.pop(ref)
+            for ref in [r for r, (_, _, deadline) in running.items() if now >= deadline]:
+                job, start, deadline = running.pop(ref)
                 ray.cancel(ref, force=True)
-                limit = (timeout_s or job.task.resources.timeout_s) + WORKER_GRACE_S
                 on_result(job, failed_result(job.submission, job.task, job.seed, root,
-                                             f"timeout: job exceeded {limit:.0f} s and was cancelled",
-                                             "JobTimeout", "ray", now - start), [j for j, _ in running.values()])
+                                             f"timeout: job exceeded {deadline - start:.0f} s and was cancelled",
+                                             "JobTimeout", "ray", now - start), [j for j, _, _ in running.values()])
     finally:
         ray.shutdown()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import importlib
+import importlib.machinery
 import importlib.util
 import re
 import sys
@@ -75,12 +76,9 @@ class Submission:
         module_file = self.folder / (module_name.replace(".", "/") + ".py")
         try:
             if module_file.exists():
-                # A private module name per submission: two submissions may both ship quantizer.py.
-                qualified = f"vqbench_submission_{self.name}.{module_name}"
-                spec = importlib.util.spec_from_file_location(qualified, module_file)
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[qualified] = module
-                spec.loader.exec_module(module)
+                # The folder is a package of its own (`from .layers import X` works), under a private
+                # name per submission: two submissions may both ship quantizer.py.
+                module = importlib.import_module(f"{self.package_name()}.{module_name}")
             else:
                 module = importlib.import_module(module_name)
         except Exception as e:
@@ -95,6 +93,24 @@ class Submission:
             raise ConfigError(file, "entrypoint", f"{class_name} is not a subclass of vqbench.Quantizer",
                               "derive it from vqbench.Quantizer and implement forward() and decode()")
         return cls
+
+    def package_name(self) -> str:
+        """Register the folder as a package (its own __init__.py runs, if it has one) and return its name."""
+        name = "vqbench_submission_" + re.sub(r"\W", "_", self.name) + "_" + self.hash[:8]
+        if name not in sys.modules:
+            init = self.folder / "__init__.py"
+            spec = (importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(self.folder)])
+                    if init.exists() else importlib.machinery.ModuleSpec(name, None, is_package=True))
+            spec.submodule_search_locations = [str(self.folder)]
+            package = importlib.util.module_from_spec(spec)
+            sys.modules[name] = package
+            try:
+                if init.exists():
+                    spec.loader.exec_module(package)
+            except BaseException:
+                del sys.modules[name]
+                raise
+        return name
 
     def build(self, dim: int, codebook_size: int) -> Quantizer:
         try:

@@ -133,8 +133,8 @@ def _format_value(v: Any) -> str:
     return json.dumps(v, separators=(",", ":")) if isinstance(v, (list, dict)) else str(v)
 
 
-def load_task_file(path: Path, tasks_root: Path) -> list[Task]:
-    """Parse one YAML file into its tasks (one per sweep point)."""
+def _read_top(path: Path, tasks_root: Path) -> tuple[dict, TaskFile]:
+    """The raw mapping and its validated top level; the family must exist and own the folder."""
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -142,21 +142,39 @@ def load_task_file(path: Path, tasks_root: Path) -> list[Task]:
     if not isinstance(raw, dict):
         raise ConfigError(path, "<top level>", "expected a mapping", "see docs/tasks.md for the schema")
     top = from_dict(TaskFile, raw, path)
-    if top.family not in list_families():
+    families = list_families()
+    if top.family not in families:
         raise ConfigError(path, "family", f"unknown family {top.family!r}",
-                          f"{did_you_mean(top.family, list_families())}use one of {', '.join(list_families())}")
-    rel = path.relative_to(tasks_root).with_suffix("")
-    if rel.parts[0] != top.family:
-        raise ConfigError(path, "family", f"{top.family!r} but the file lives in tasks/{rel.parts[0]}/",
+                          f"{did_you_mean(top.family, families)}use one of {', '.join(families)} (a family is a "
+                          "folder under vqbench/families/ or $VQBENCH_FAMILY_PATH)")
+    folder = path.relative_to(tasks_root).parts[0]
+    if folder != top.family:
+        raise ConfigError(path, "family", f"{top.family!r} but the file lives in tasks/{folder}/",
                           f"move the file to tasks/{top.family}/ or fix 'family'")
-    base_id = rel.as_posix()
-    family = get_family(top.family)
     for key, values in top.sweep.items():
         if not values:
             raise ConfigError(path, f"sweep.{key}", "empty list", "give at least one value")
         if key.split(".")[0] not in ("quantizer", "train", "data", "model"):
             raise ConfigError(path, f"sweep.{key}", "can only sweep quantizer.*, train.*, data.* or model.*",
                               "write the key as e.g. quantizer.codebook_size")
+    return raw, top
+
+
+def _checked_metrics(resolved: TaskFile, family, path: Path) -> list[str]:
+    metrics = resolved.metrics if resolved.metrics is not None else list(family.metrics)
+    for i, name in enumerate(metrics):
+        if name not in family.metrics:
+            raise ConfigError(path, f"metrics[{i}]", f"unknown metric {name!r} for family {family.name!r}",
+                              f"{did_you_mean(name, family.metrics)}use any of {', '.join(family.metrics)} "
+                              f"(codebook metrics {', '.join(CODE_METRICS)} are always reported)")
+    return metrics
+
+
+def load_task_file(path: Path, tasks_root: Path) -> list[Task]:
+    """Parse one YAML file into its tasks (one per sweep point)."""
+    raw, top = _read_top(path, tasks_root)
+    base_id = path.relative_to(tasks_root).with_suffix("").as_posix()
+    family = get_family(top.family)
     keys = list(top.sweep)
     tasks = []
     for combo in itertools.product(*(top.sweep[k] for k in keys)) if keys else [()]:
@@ -167,23 +185,17 @@ def load_task_file(path: Path, tasks_root: Path) -> list[Task]:
             _set_dotted(tree, key, value, path)
         resolved = from_dict(TaskFile, tree, path)
         suffix = ",".join(f"{k.split('.')[-1]}={_format_value(v)}" for k, v in point.items())
-        metrics = resolved.metrics if resolved.metrics is not None else list(family.metrics)
-        for i, name in enumerate(metrics):
-            if name not in family.metrics:
-                raise ConfigError(path, f"metrics[{i}]", f"unknown metric {name!r} for family {top.family!r}",
-                                  f"{did_you_mean(name, family.metrics)}use any of {', '.join(family.metrics)} "
-                                  f"(codebook metrics {', '.join(CODE_METRICS)} are always reported)")
-        tasks.append(Task(
+        task = Task(
             id=f"{base_id}@{suffix}" if suffix else base_id,
             path=path, family=resolved.family, version=resolved.version, tier=resolved.tier,
             description=resolved.description, quantizer=resolved.quantizer, train=resolved.train,
             data=from_dict(family.Data, resolved.data, path, "data"),
             model=from_dict(family.Model, resolved.model, path, "model"),
-            metrics=tuple(metrics), seeds=tuple(resolved.seeds), resources=resolved.resources,
-            sweep_point=tuple(point.items()),
-        ))
-        if hasattr(family, "check"):
-            family.check(tasks[-1])
+            metrics=tuple(_checked_metrics(resolved, family, path)), seeds=tuple(resolved.seeds),
+            resources=resolved.resources, sweep_point=tuple(point.items()),
+        )
+        family.check(task)
+        tasks.append(task)
     return tasks
 
 

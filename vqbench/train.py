@@ -15,23 +15,21 @@ from __future__ import annotations
 import copy
 import math
 import random
+import re
 from typing import Callable
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from vqbench.contract import Quantizer, QuantizerOutput
-from vqbench.families import Setup
+from vqbench.contract import Quantizer
+from vqbench.enforce import JobFailure, check_output, check_rate, decode_table, max_difference
+from vqbench.families import Batch, EvalBatch, Setup
 from vqbench.metrics import METRICS, CodeUsage, LatentRank, MetricUnavailable, QuantizationError, effective_rank
-from vqbench.ops import code_index, index_codes
+from vqbench.ops import code_index
 
-TABLE_CHUNK = 1 << 14  # code tuples per decode() call when building the decode table
-SAME_RTOL = 1e-5  # "same vectors": max |a - b| <= SAME_RTOL * (1 + max |a|, |b|); float32 rounding is ~1e-7
-
-
-class JobFailure(RuntimeError):
-    """A submission misbehaved (NaN, bad codes, wrong shapes): the job fails with this reason."""
+CURVE_POINTS = 20  # loss-curve (and quantizer-log) points kept per job
+LOG_KEYS = 16  # at most this many QuantizerOutput.metrics keys are logged, with plain names
+_LOG_NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,48}")
 
 
 def seed_everything(seed: int) -> None:
@@ -40,79 +38,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def check_rate(quantizer: Quantizer, budget_codebook_size: int, where: str = "") -> tuple[int, int]:
-    """(codebook_size, depth) the quantizer declares, after checking depth x log2(K) fits the budget."""
-    size, depth = quantizer.codebook_size, quantizer.depth
-    if not (type(size) is int and size >= 2 and type(depth) is int and depth >= 1):
-        raise JobFailure(f"{where}codebook_size and depth must be ints >= 2 and >= 1, got {size!r} and {depth!r}")
-    bits, budget = depth * math.log2(size), math.log2(budget_codebook_size)
-    if bits > budget + 1e-9:
-        raise JobFailure(f"{where}rate budget exceeded: {bits:.3f} bits/token > log2(K) = {budget:.3f} "
-                         f"(depth {depth} x codebook {size})")
-    return size, depth
-
-
-def check_output(out: object, z: Tensor, where: str, codebook_size: int, depth: int) -> QuantizerOutput:
-    if not isinstance(out, QuantizerOutput):
-        raise JobFailure(f"{where}: forward() returned {type(out).__name__}, not QuantizerOutput")
-    if type(out.z_q) is not Tensor:  # a Tensor subclass could change what indexing or comparison does
-        raise JobFailure(f"{where}: z_q must be a torch.Tensor, got {type(out.z_q).__name__}")
-    if out.z_q.shape != z.shape:
-        raise JobFailure(f"{where}: z_q has shape {tuple(out.z_q.shape)}, expected {tuple(z.shape)}")
-    check_codes(out.codes, z, where, codebook_size, depth)
+def loggable(metrics: object) -> dict[str, float]:
+    """A quantizer's own training metrics as plain finite floats under plain names (it is untrusted
+    data headed for a result file); anything else is dropped."""
+    out: dict[str, float] = {}
+    for key, value in (metrics.items() if isinstance(metrics, dict) else ()):
+        if len(out) == LOG_KEYS:
+            break
+        try:
+            value = float(value.detach()) if isinstance(value, torch.Tensor) and value.numel() == 1 else float(value)
+        except (TypeError, ValueError, RuntimeError):
+            continue
+        if isinstance(key, str) and _LOG_NAME.fullmatch(key) and math.isfinite(value):
+            out[key] = value
     return out
-
-
-def check_codes(codes: Tensor, z: Tensor, where: str, codebook_size: int, depth: int) -> None:
-    expected = tuple(z.shape[:2]) + ((depth,) if depth > 1 else ())
-    if type(codes) is not Tensor or codes.dtype != torch.int64:
-        raise JobFailure(f"{where}: codes must be an int64 tensor, got {getattr(codes, 'dtype', type(codes).__name__)}")
-    if tuple(codes.shape) != expected:
-        raise JobFailure(f"{where}: codes have shape {tuple(codes.shape)}, expected {expected}")
-    if codes.numel() and (codes.min() < 0 or codes.max() >= codebook_size):
-        raise JobFailure(f"{where}: codes outside [0, {codebook_size}): "
-                         f"min {int(codes.min())}, max {int(codes.max())}")
-
-
-def max_difference(a: Tensor, b: Tensor) -> float | None:
-    """max |a - b| when it exceeds float rounding at their scale (or shapes differ: inf), else None."""
-    if a.shape != b.shape:
-        return math.inf
-    if not a.numel():
-        return None
-    a, b = a.detach().float(), b.detach().float()
-    diff = float((a - b).abs().max())
-    scale = max(float(a.abs().max()), float(b.abs().max()))
-    return None if diff <= SAME_RTOL * (1 + scale) else diff
-
-
-def _decode_many(q: Quantizer, index: Tensor, codebook_size: int, depth: int, dim: int, chunk: int) -> Tensor:
-    parts = []
-    for piece in index.split(chunk):
-        codes = piece.view(-1, 1) if depth == 1 else index_codes(piece, codebook_size, depth).view(-1, 1, depth)
-        out = q.decode(codes)  # n one-token sequences
-        if type(out) is not Tensor or tuple(out.shape) != (len(piece), 1, dim):
-            raise JobFailure(f"decode(codes) of shape {(len(piece), 1)} returned "
-                             f"{tuple(getattr(out, 'shape', ())) or type(out).__name__}, expected {(len(piece), 1, dim)}")
-        parts.append(out.reshape(len(piece), dim))
-    return torch.cat(parts)
-
-
-@torch.no_grad()
-def decode_table(q: Quantizer, codebook_size: int, depth: int, dim: int, device) -> Tensor:
-    """The (K^depth, dim) vector of every code tuple, decoded twice (in order, then shuffled in other
-    chunk sizes): decode must be a pure, per-token function of codes."""
-    n = codebook_size ** depth
-    index = torch.arange(n, device=device)
-    table = _decode_many(q, index, codebook_size, depth, dim, TABLE_CHUNK)
-    if not torch.isfinite(table).all():
-        raise JobFailure("decode(codes) returns non-finite vectors for some codes")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(n)).to(device)
-    again = _decode_many(q, perm, codebook_size, depth, dim, max(1, TABLE_CHUNK // 3 - 1))
-    if (diff := max_difference(again, table[perm])) is not None:
-        raise JobFailure(f"decode(codes) is not a pure function of codes: the same codes decoded in another "
-                         f"order or batch give other vectors (max difference {diff:.3g})")
-    return table
 
 
 def train(setup: Setup, quantizer: Quantizer, task, on_step: Callable[[int], None] | None = None) -> dict:
@@ -125,7 +64,7 @@ def train(setup: Setup, quantizer: Quantizer, task, on_step: Callable[[int], Non
         m.train()
     device = next((p.device for p in params), torch.device("cpu"))
     use_amp = spec.amp and device.type == "cuda"
-    curve = []
+    curve, quantizer_log = [], []
     for step in range(spec.steps):
         quantizer.schedule(step, spec.steps)
         x = next(setup.train_batches)
@@ -144,16 +83,32 @@ def train(setup: Setup, quantizer: Quantizer, task, on_step: Callable[[int], Non
             if spec.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
             optimizer.step()
-        if step % max(1, spec.steps // 20) == 0 or step == spec.steps - 1:
+        if step % max(1, spec.steps // CURVE_POINTS) == 0 or step == spec.steps - 1:
             curve.append([step, float(recon.detach())])
+            if logged := loggable(out.metrics):
+                quantizer_log.append([step, logged])
         if on_step:
             on_step(step)
-    return {"loss_curve": curve, "final_reconstruction_loss": curve[-1][1] if curve else None}
+    return {"loss_curve": curve, "final_reconstruction_loss": curve[-1][1] if curve else None,
+            "quantizer_log": quantizer_log}
+
+
+def check_against_table(decoder_copy: Quantizer, out, z_hat) -> None:
+    """An eval batch's decode(codes) and z_q must both be the table's vectors for its codes."""
+    if (diff := max_difference(decoder_copy.decode(out.codes.clone()), z_hat)) is not None:
+        raise JobFailure(f"evaluation: decode(codes) changed after the eval pass began (max difference "
+                         f"{diff:.3g} from the same codes decoded before it): decode must depend on "
+                         "codes and trained weights only, not on what forward() saw")
+    if (diff := max_difference(out.z_q, z_hat)) is not None:
+        raise JobFailure(f"evaluation: z_q differs from decode(codes) in eval mode (max difference "
+                         f"{diff:.3g}): z_q must be the decoded code vectors, not a pass-through of z")
 
 
 @torch.no_grad()
-def evaluate(setup: Setup, quantizer: Quantizer, task) -> tuple[dict[str, float | None], dict[str, str]]:
-    """Metrics, and {metric: reason} for those that could not be computed."""
+def evaluate(setup: Setup, quantizer: Quantizer, task, fidelity: dict[str, object]
+             ) -> tuple[dict[str, float | None], dict[str, str]]:
+    """Metrics, and {metric: reason} for those that could not be computed. `fidelity` holds the
+    task's metrics (vqbench.metrics.build_metrics); each eval batch holds items of one length."""
     for m in (setup.encoder, setup.decoder, quantizer):
         m.eval()
     decoder_copy = copy.deepcopy(quantizer)  # decode() sees trained weights, not forward()'s state
@@ -163,23 +118,22 @@ def evaluate(setup: Setup, quantizer: Quantizer, task) -> tuple[dict[str, float 
     table = decode_table(decoder_copy, size, depth, dim, device)  # before any eval input exists
     usage = CodeUsage(size, depth)
     latent_rank, qerr = LatentRank(dim), QuantizationError(dim)
-    for x in setup.eval_batches():
+    for item in setup.eval_batches():
+        batch = item if isinstance(item, Batch) else Batch(item)
+        x = batch.x
         z = setup.encoder(x)
         out = check_output(quantizer(z), z, "evaluation", size, depth)
         z_hat = table[code_index(out.codes, size, depth)].to(z.device)
-        if (diff := max_difference(decoder_copy.decode(out.codes.clone()), z_hat)) is not None:
-            raise JobFailure(f"evaluation: decode(codes) changed after the eval pass began (max difference "
-                             f"{diff:.3g} from the same codes decoded before it): decode must depend on "
-                             "codes and trained weights only, not on what forward() saw")
-        if (diff := max_difference(out.z_q, z_hat)) is not None:
-            raise JobFailure(f"evaluation: z_q differs from decode(codes) in eval mode (max difference "
-                             f"{diff:.3g}): z_q must be the decoded code vectors, not a pass-through of z")
+        check_against_table(decoder_copy, out, z_hat)
         x_hat = setup.decoder(z_hat.to(z.dtype))
         usage.update(out.codes.cpu())
         latent_rank.update(z.float().cpu())
         qerr.update(z.float().cpu(), z_hat.float().cpu())
         for name in task.metrics:  # only what the task asks for: rFID is not free
-            setup.fidelity_metrics[name].update(x_hat.float(), x)
+            if METRICS[name].inputs == "eval":
+                fidelity[name].update(EvalBatch(batch, x_hat.float(), z, z_hat, out.codes, table))
+            else:
+                fidelity[name].update(x_hat.float(), x)
     metrics = dict(usage.compute())
     book = decoder_copy.codebook()
     metrics["codebook_rank"] = effective_rank(book) if book is not None else None
@@ -188,7 +142,7 @@ def evaluate(setup: Setup, quantizer: Quantizer, task) -> tuple[dict[str, float 
     unavailable = {}
     for name in task.metrics:
         try:
-            value = setup.fidelity_metrics[name].compute()
+            value = fidelity[name].compute()
         except MetricUnavailable as e:  # missing weights: say so, never substitute a number
             metrics[name], unavailable[name] = None, str(e)
             continue

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from torch import Tensor
 
-from vqbench.data.images import (ImageFolder, LitePhotos, endless_loader, image_files, listing_key, resolve_root,
-                                 uint8_to_float)
-from vqbench.families import Setup, endless, register_family
-from vqbench.metrics import MeanSquaredError, Unavailable
-from vqbench.metrics_image import LPIPS, PSNR, SSIM, InceptionMetrics, LPIPSMetric, weights_or_reason
-from vqbench.models.image import Decoder, Encoder, ReconstructionLoss
+from vqbench.families import Family, Setup, endless, register_family
+from vqbench.families.image.data import (ImageFolder, LitePhotos, endless_loader, image_files, listing_key,
+                                         resolve_root, uint8_to_float)
+from vqbench.families.image.metrics import LPIPS, weights_or_reason
+from vqbench.families.image.model import Decoder, Encoder, ReconstructionLoss
+from vqbench.families.image.sources import SOURCES
+from vqbench.metrics import Unavailable
 from vqbench.schema import ConfigError
 
 
@@ -38,7 +38,7 @@ class Data:
     eval_fraction: float = 0.2  # share of photos held out for eval (whole photos, never crops)
     split_seed: int = 0  # fixes which photos are held out; shared by all seeds
     # folder only
-    root: str | None = None  # holds <train_split>/ and <eval_split>/; $VQBENCH_IMAGENET / --data-root win
+    root: str | None = None  # holds <train_split>/ and <eval_split>/; `--data image=PATH` wins
     train_split: str = "train"  # subfolder of root with training images (any depth)
     eval_split: str = "val"  # subfolder of root with eval images (ImageNet val: 50k)
     eval_size: int | None = None  # first N eval images in sorted path order; None = all
@@ -79,58 +79,25 @@ class Model:
                 raise ConfigError(None, name, f"{getattr(self, name)} < 0", f"give {name} >= 0")
 
 
-class SharedView:
-    """One named result of a metric that computes several at once (rFID and KID share Inception
-    features): the first view made feeds the shared metric, the others only read its result."""
-
-    def __init__(self, shared: InceptionMetrics, name: str, owner: bool):
-        self.shared, self.name, self.owner = shared, name, owner
-
-    def update(self, x_hat: Tensor, x: Tensor) -> None:
-        if self.owner:
-            self.shared.update(x_hat, x)
-
-    def reset(self) -> None:
-        if self.owner:
-            self.shared.reset()
-
-    def compute(self) -> float:
-        return self.shared.compute()[self.name]
-
-
-def fidelity_metrics(names, device: torch.device, reference_key: str, kid_max_samples: int,
-                     lpips: LPIPS | Unavailable | None) -> dict[str, object]:
-    out: dict[str, object] = {}
-    inception = None
-    for name in names:
-        if name in ("rfid", "kid"):
-            owner = inception is None
-            if owner:
-                inception = weights_or_reason(lambda: InceptionMetrics(reference_key, device, kid_max_samples))
-            out[name] = inception if isinstance(inception, Unavailable) else SharedView(inception, name, owner)
-        elif name == "lpips":
-            out[name] = lpips if isinstance(lpips, Unavailable) else LPIPSMetric(lpips).to(device)
-        else:
-            out[name] = {"psnr": PSNR, "ssim": SSIM, "mse": MeanSquaredError}[name]().to(device)
-    return out
-
-
 @register_family("image")
-class Image:
+class Image(Family):
     Data = Data
     Model = Model
     metrics = ("rfid", "kid", "psnr", "ssim", "lpips", "mse")
     primary_metric = "rfid"  # see the module docstring
+    sources = SOURCES
+    takes_data_root = True
+    legacy_data_root = True  # `--data-root` predates `--data image=PATH`
 
-    @staticmethod
-    def check(task) -> None:
+    @classmethod
+    def check(cls, task) -> None:
         factor = 2 ** (len(task.model.ch_mult) - 1)
         if task.data.resolution % factor:
             raise ConfigError(task.path, "data.resolution", f"{task.data.resolution} is not a multiple of the "
                               f"model's downsampling factor {factor}", f"give a multiple of {factor} or change ch_mult")
 
-    @staticmethod
-    def build(task, seed: int, device: torch.device) -> Setup:
+    @classmethod
+    def build(cls, task, seed: int, device: torch.device) -> Setup:
         data, model, dim = task.data, task.model, task.quantizer.dim
         device = torch.device(device)
         batch, eval_batch = task.train.batch_size, data.eval_batch_size
@@ -171,5 +138,5 @@ class Image:
             train_batches=train_batches,
             eval_batches=eval_batches,
             reconstruction_loss=loss,
-            fidelity_metrics=fidelity_metrics(task.metrics, device, reference_key, data.kid_max_samples, lpips),
+            metric_context={"reference_key": reference_key, "lpips": lpips},
         )

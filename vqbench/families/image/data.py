@@ -22,15 +22,12 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from vqbench.data.sources import fetch
+from vqbench.families import DataRootError, resolve_data_root
+from vqbench.families.image.sources import LITE_PHOTOS
+from vqbench.families.sources import fetch
 
-LITE_SOURCES = ("imagenet-photos", "skimage-photos", "sklearn-photos")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-ROOT_ENV = "VQBENCH_IMAGENET"  # overrides data.root; `vqbench run --data-root` sets it
-
-
-class DataRootError(FileNotFoundError):
-    """A full-tier data folder is missing. str() is one line naming the path, the field and the fix."""
+LEGACY_ROOT_ENV = "VQBENCH_IMAGENET"  # older name of $VQBENCH_DATA_IMAGE (`--data image=PATH`), still read
 
 
 def to_unit(x: Tensor) -> Tensor:
@@ -51,9 +48,9 @@ def load_rgb(path: Path) -> Tensor:
 def lite_photo_paths() -> list[tuple[str, Path]]:
     """(key, path) of every bundled photo, key = '<source>/<file>', sorted by key."""
     out = []
-    for source in LITE_SOURCES:
+    for source in LITE_PHOTOS:
         folder = fetch(source)
-        out += [(f"{source}/{p.name}", p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
+        out += [(f"{source.name}/{p.name}", p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
     return sorted(out)
 
 
@@ -142,15 +139,9 @@ class LitePhotos:
 # ---------------------------------------------------------------- full tier: a folder of images
 
 def resolve_root(root: str | None, task_path: Path | str | None = None) -> Path:
-    """$VQBENCH_IMAGENET (set by `--data-root`) wins over the task's data.root."""
-    chosen = os.environ.get(ROOT_ENV) or root
-    where = f"{task_path}: " if task_path else ""
-    if not chosen:
-        raise DataRootError(
-            f"{where}field 'data.root': no image folder given. Fix: download ImageNet (ILSVRC2012, "
-            f"https://image-net.org) as <root>/train/<class>/*.JPEG and <root>/val/<class>/*.JPEG, then "
-            f"pass `--data-root <root>`, set {ROOT_ENV}=<root> or write data.root in the task file")
-    return Path(chosen).expanduser()
+    """`--data image=PATH` ($VQBENCH_DATA_IMAGE, or the older $VQBENCH_IMAGENET) wins over data.root."""
+    return resolve_data_root("image", root, task_path, "download ImageNet (ILSVRC2012, https://image-net.org) as "
+                             "<root>/train/<class>/*.JPEG and <root>/val/<class>/*.JPEG", LEGACY_ROOT_ENV)
 
 
 def image_files(root: Path, split: str, task_path: Path | str | None = None) -> list[Path]:
@@ -158,7 +149,7 @@ def image_files(root: Path, split: str, task_path: Path | str | None = None) -> 
     where = f"{task_path}: " if task_path else ""
     if not folder.is_dir():
         raise DataRootError(
-            f"{where}field 'data.root': {folder} does not exist. Fix: point `--data-root`, {ROOT_ENV} or "
+            f"{where}field 'data.root': {folder} does not exist. Fix: point `--data image=<root>` or "
             f"data.root at a folder holding {split}/ (ImageNet: <root>/{split}/<class>/*.JPEG, from "
             f"https://image-net.org)")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)

