@@ -96,15 +96,15 @@ def test_ray_executor_survives_failing_hanging_and_crashing_jobs(project):
     summary, _ = run_jobs(["minimal", "raises", "hangs", "crashes", "segfaults", "cheat_cache"],
                           [get_task("synthetic/tiny")], results, executor="ray", workers=2, timeout_s=25)
     reasons = {r["submission"]: r["error"]["reason"] for r in summary.failed}
-    assert [r["submission"] for r in summary.done] == ["minimal"]
+    assert sorted(r["submission"] for r in summary.done) == ["cheat_cache", "minimal"]
     assert reasons["raises"] == "RuntimeError: fixture exploded on purpose"
     assert reasons["hangs"] == "timeout: job exceeded 25 s"  # the worker kills its child: the worker lives on
     assert reasons["crashes"].startswith("worker crashed: the job's process died (killed by SIGABRT")
     assert reasons["segfaults"].startswith("worker crashed: the job's process died (killed by SIGSEGV")
-    assert reasons["cheat_cache"].startswith("evaluation: decode(codes) changed after the eval pass began")
-    # both executors run a job the same way (a forked child, one thread): the same numbers
+    # both executors run a job the same way (forked children, one thread): the same numbers; the decode
+    # cheat scores what its codes are worth, exactly MinimalVQ's numbers
     serial, _ = run_jobs(["minimal"], [get_task("synthetic/tiny")], project / "serial")
-    assert serial.done[0]["metrics"] == summary.done[0]["metrics"]
+    assert all(serial.done[0]["metrics"] == r["metrics"] for r in summary.done)
     assert read_result(result_path(results, "minimal", "synthetic/tiny", 0))["provenance"]["executor"] == "ray"
 
 

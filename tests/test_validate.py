@@ -38,13 +38,13 @@ def test_good_submissions_pass_every_check(project, capsys, name):
     assert report[-1] == f"{CHECK_COUNT} check(s), 0 failed: the submission is valid"
 
 
-# name -> {failed check: words its reason contains}; exactly these checks fail
+# name -> {failed check: words its reason contains}; exactly these checks fail. The decode cheats
+# break the contract (validate refuses them) but their smoke run passes: it scores them honestly,
+# from a decode of the trained snapshot (tests/test_faults.py).
 BAD = {
     "cheat_cache": {contract("decode(codes) equals z_q"): "differs from z_q in eval mode",
-                    contract("decode ignores"): "changed after forward() saw other inputs",
-                    SMOKE: "evaluation: decode(codes) changed after the eval pass began"},
-    "cheat_passthrough": {contract("decode(codes) equals z_q"): "differs from z_q in eval mode",
-                          SMOKE: "evaluation: z_q differs from decode(codes) in eval mode"},
+                    contract("decode ignores"): "changed after forward() saw other inputs"},
+    "cheat_passthrough": {contract("decode(codes) equals z_q"): "differs from z_q in eval mode"},
     "cheat_eval_rate": {contract("rate"): "eval mode: rate budget exceeded: 16.000 bits/token > log2(K) = 8.000",
                         SMOKE: "evaluation: rate budget exceeded"},
     "no_gradient": {contract("gradient"): "no gradient reaches z through z_q"},

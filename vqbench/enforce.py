@@ -1,4 +1,4 @@
-"""The rules a quantizer's outputs must obey, enforced where a leak would score (train.evaluate)
+"""The rules a quantizer's outputs must obey, enforced by the job's stages (vqbench.stages)
 and probed by `vqbench validate` (vqbench.checks): one home for both.
 
 - rate: depth x log2(codebook_size) within log2(K) of the task, read back from the quantizer;
@@ -85,17 +85,20 @@ def _decode_many(q: Quantizer, index: Tensor, codebook_size: int, depth: int, di
 
 
 @torch.no_grad()
-def decode_table(q: Quantizer, codebook_size: int, depth: int, dim: int, device) -> Tensor:
-    """The (K^depth, dim) vector of every code tuple, decoded twice (in order, then shuffled in other
-    chunk sizes): decode must be a pure, per-token function of codes."""
-    n = codebook_size ** depth
-    index = torch.arange(n, device=device)
-    table = _decode_many(q, index, codebook_size, depth, dim, TABLE_CHUNK)
-    if not torch.isfinite(table).all():
+def decode_tuples(q: Quantizer, index: Tensor, codebook_size: int, depth: int, dim: int) -> Tensor:
+    """The vectors of the joint code tuples `index` (see vqbench.ops.code_index), decoded twice (in
+    order, then shuffled in other chunk sizes): decode must be a pure, per-token function of codes."""
+    vectors = _decode_many(q, index, codebook_size, depth, dim, TABLE_CHUNK)
+    if not torch.isfinite(vectors).all():
         raise JobFailure("decode(codes) returns non-finite vectors for some codes")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(n)).to(device)
-    again = _decode_many(q, perm, codebook_size, depth, dim, max(1, TABLE_CHUNK // 3 - 1))
-    if (diff := max_difference(again, table[perm])) is not None:
+    perm = torch.randperm(len(index), generator=torch.Generator().manual_seed(len(index))).to(index.device)
+    again = _decode_many(q, index[perm], codebook_size, depth, dim, max(1, TABLE_CHUNK // 3 - 1))
+    if (diff := max_difference(again, vectors[perm])) is not None:
         raise JobFailure(f"decode(codes) is not a pure function of codes: the same codes decoded in another "
                          f"order or batch give other vectors (max difference {diff:.3g})")
-    return table
+    return vectors
+
+
+def decode_table(q: Quantizer, codebook_size: int, depth: int, dim: int, device) -> Tensor:
+    """The (K^depth, dim) vector of every code tuple (row i is joint code i), decoded twice."""
+    return decode_tuples(q, torch.arange(codebook_size ** depth, device=device), codebook_size, depth, dim)

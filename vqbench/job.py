@@ -1,77 +1,35 @@
 """One job = one submission x task x seed, run to a result dict. Never raises for a job's own fault:
 whatever the submission does wrong becomes a `failed` result with the reason and the traceback.
 
-`execute_job` runs inside the job's own process (a forked child of the serial driver or of a Ray
-worker) under the limits of vqbench.sandbox; `run_contained` is the supervisor's side: it takes
-nothing from that process on trust but numbers and text in the expected places.
+`run_contained` is the supervisor (the serial driver, or a Ray worker that only supervises). It runs
+the three stages of vqbench.stages, each in a contained child of its own (vqbench.sandbox): train
+and encode, decode from the snapshot, score in a process that never imported the submission. It
+takes nothing from the children on trust but tensors and plain values in the expected places, and
+assembles the result (provenance included) itself.
 """
 from __future__ import annotations
 
 import math
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from vqbench.contract import bits_per_token
-from vqbench.enforce import JobFailure, check_rate
-from vqbench.families import DataError, get_family
-from vqbench.metrics import METRICS, MetricContext, build_metrics
+from vqbench.families import get_family
+from vqbench.metrics import METRICS
 from vqbench.results import provenance
-from vqbench.sandbox import is_out_of_memory, memory_limit_gb, run_in_child
-from vqbench.schema import ConfigError
+from vqbench.sandbox import ChildOutcome, memory_limit_gb, run_in_child
+from vqbench.stages import decode_codes, pick_device, score, to_bytes, train_and_encode, from_bytes
 from vqbench.submissions import Submission
-from vqbench.train import evaluate, seed_everything, train
 
-PROGRESS_UPDATES = 100  # step reports per job from a child process
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+BLOBS = {train_and_encode: ("snapshot", "codes"), decode_codes: ("decoded",), score: ()}
 
 
-def execute_job(submission: Submission, task, seed: int, root: Path, executor: str = "serial",
-                on_step: Callable[[int], None] | None = None) -> dict:
-    start = time.perf_counter()
-    device = pick_device()
-    result = {"submission": submission.name, "task": task.id, "seed": seed, "status": "ok",
-              "metrics": {}, "bits_per_token": None, "error": None, "train": None}
-    try:
-        seed_everything(seed)
-        quantizer = submission.build(task.quantizer.dim, task.quantizer.codebook_size)
-        size, depth = check_rate(quantizer, task.quantizer.codebook_size)
-        result["bits_per_token"] = bits_per_token(size, depth)
-        setup = get_family(task.family).build(task, seed, device)
-        # Built right after the setup, before training: some metrics initialise weights (drawing from
-        # the seeded RNG) before loading them, so this order is part of what the seed fixes.
-        fidelity = build_metrics(task.metrics, MetricContext(task, device, setup.metric_context))
-        quantizer.to(device)
-        result["train"] = train(setup, quantizer, task, on_step)
-        result["metrics"], unavailable = evaluate(setup, quantizer, task, fidelity)
-        if unavailable:
-            result["metrics_unavailable"] = unavailable
-    except (JobFailure, ConfigError, DataError) as e:
-        result.update(status="failed", error={"reason": str(e), "type": type(e).__name__,
-                                              "traceback": traceback.format_exc(limit=-8)})
-    except Exception as e:  # the submission's own bug: record it, never take the run down
-        reason = f"{type(e).__name__}: {e}"
-        if is_out_of_memory(e):
-            reason = f"out of memory: the job passed its limit of {memory_limit_gb(task):g} GB " \
-                     f"(resources.memory_gb): {reason}"
-        result.update(status="failed", error={"reason": reason, "type": type(e).__name__,
-                                              "traceback": traceback.format_exc(limit=-12)})
-    result["provenance"] = provenance(root, submission.hash, task, str(device),
-                                      time.perf_counter() - start, executor)
-    return result
+class StageFailed(Exception):
+    """A stage ended without what the next one needs; carries the failed result."""
 
-
-def job_in_child(submission: Submission, task, seed: int, root: str, executor: str, emit) -> dict:
-    """The serial executor's child: execute_job, reporting steps to the driver's progress bar."""
-    every = max(1, task.train.steps // PROGRESS_UPDATES)
-    return execute_job(submission, task, seed, Path(root), executor,
-                       on_step=lambda s: emit(s + 1) if (s + 1) % every == 0 else None)
+    def __init__(self, result: dict):
+        self.result = result
 
 
 def failed_result(submission: Submission, task, seed: int, root: Path, reason: str, kind: str,
@@ -83,40 +41,89 @@ def failed_result(submission: Submission, task, seed: int, root: Path, reason: s
             "provenance": provenance(root, submission.hash, task, "unknown", wall_time_s, executor)}
 
 
-def _problem(value: Any, submission: Submission, task, seed: int) -> str | None:
-    """Why a result reported by a job's process cannot be written as it is; None when it can."""
-    if not isinstance(value, dict) or value.get("status") not in ("ok", "failed"):
-        return "not a result"
-    if (value.get("submission"), value.get("task"), value.get("seed")) != (submission.name, task.id, seed):
-        return "it is the result of another job"
-    prov = value.get("provenance")
-    if not isinstance(prov, dict) or (prov.get("submission_hash"), prov.get("task_hash")) != (submission.hash, task.hash):
-        return "its provenance names other code or another task"
-    metrics = value.get("metrics")
-    if not isinstance(metrics, dict) or not all(
-            v is None or (type(v) in (int, float) and math.isfinite(v)) for v in metrics.values()):
-        return "its metrics are not finite numbers"
-    get_family(task.family)  # its metric specs are registered from here on
-    if unknown := sorted(str(k)[:40] for k in metrics if k not in METRICS):
-        return f"it reports unregistered metrics ({', '.join(unknown[:5])})"
-    if value["status"] == "failed" and not isinstance((value.get("error") or {}).get("reason"), str):
-        return "a failed result without a reason"
+def _error_problem(value: Any) -> str | None:
+    error = value.get("error")
+    if not isinstance(error, dict) or not isinstance(error.get("reason"), str):
+        return "a failure without a reason"
+    return None
+
+
+def _problem(stage, value: Any, task) -> str | None:
+    """Why what a stage's process sent back cannot be used as it is; None when it can."""
+    if not isinstance(value, dict):
+        return "not a mapping"
+    if "error" in value:
+        return _error_problem(value)
+    if stage is train_and_encode:
+        if not (type(value.get("codebook_size")) is int and type(value.get("depth")) is int
+                and isinstance(value.get("train"), dict) and isinstance(value.get("phases"), dict)):
+            return "not a training report"
+    if stage is score:
+        get_family(task.family)  # its metric specs are registered from here on
+        metrics = value.get("metrics")
+        if not isinstance(metrics, dict) or not all(
+                v is None or (type(v) in (int, float) and math.isfinite(v)) for v in metrics.values()):
+            return "its metrics are not finite numbers"
+        if unknown := sorted(str(k)[:40] for k in metrics if k not in METRICS):
+            return f"it reports unregistered metrics ({', '.join(unknown[:5])})"
     return None
 
 
 def run_contained(submission: Submission, task, seed: int, root: Path, executor: str, timeout_s: float,
                   on_progress: Callable[[int], None] | None = None) -> dict:
-    """One job in a contained child (vqbench.sandbox), to a result: what the child sent back is
-    checked, and a child that hung, crashed or sent garbage becomes a failed result with the reason."""
-    outcome = run_in_child(job_in_child, (submission, task, seed, str(root), executor), timeout_s,
-                           memory_limit_gb(task), on_progress)
-    if outcome.failure:
-        return failed_result(submission, task, seed, root, outcome.failure, outcome.kind, executor,
-                             outcome.wall_time_s, outcome.output_tail or None)
-    value = outcome.value
-    if (problem := _problem(value, submission, task, seed)) is not None:
-        return failed_result(submission, task, seed, root, f"bad result from the job's process: {problem}",
-                             "BadResult", executor, outcome.wall_time_s)
-    if value["status"] == "failed" and outcome.output_tail:
-        value["error"]["output_tail"] = outcome.output_tail
-    return value
+    """One job through its three contained stages, to a result. A stage that hung, crashed, sent
+    garbage or reported the submission's fault ends the job as a failed result with the reason."""
+    start = time.monotonic()
+    base = {"submission": submission.name, "task": task.id, "seed": seed}
+    phases: dict[str, float] = {}
+
+    def stage(target, args: tuple, progress=None) -> tuple[dict, dict[str, bytes]]:
+        left = timeout_s - (time.monotonic() - start)
+        outcome = run_in_child(target, args, max(left, 0.001), memory_limit_gb(task), progress) if left > 0 \
+            else ChildOutcome(failure=f"timeout: job exceeded {timeout_s:.0f} s", kind="JobTimeout")
+        phases[f"{target.__name__}_process"] = outcome.wall_time_s
+        name = target.__name__.replace("_", " ")
+        if outcome.failure:
+            raise StageFailed(failed_result(submission, task, seed, root, outcome.failure, outcome.kind, executor,
+                                            time.monotonic() - start, outcome.output_tail or None))
+        if (problem := _problem(target, outcome.value, task)) is not None:
+            raise StageFailed(failed_result(submission, task, seed, root, f"bad result from the job's process "
+                                            f"({name}): {problem}", "BadResult", executor, time.monotonic() - start))
+        if "error" in outcome.value:
+            error = {**outcome.value["error"], **({"output_tail": outcome.output_tail} if outcome.output_tail else {})}
+            raise StageFailed({**base, "status": "failed", "metrics": {}, "bits_per_token": None, "train": None,
+                               "error": error, "provenance": provenance(root, submission.hash, task, "unknown",
+                                                                        time.monotonic() - start, executor)})
+        if missing := [b for b in BLOBS[target] if b not in outcome.blobs]:
+            raise StageFailed(failed_result(submission, task, seed, root, f"bad result from the job's process "
+                                            f"({name}): it sent no {', '.join(missing)}", "BadResult", executor,
+                                            time.monotonic() - start))
+        return outcome.value, outcome.blobs
+
+    try:
+        trained, blobs = stage(train_and_encode, (submission, task, seed), on_progress)
+        size, depth = trained["codebook_size"], trained["depth"]
+        snapshot = from_bytes(blobs["snapshot"], "the snapshot")
+        weights = to_bytes({"encoder": snapshot["encoder"], "decoder": snapshot["decoder"]})
+        _, decoded = stage(decode_codes, (submission, task, seed, to_bytes(snapshot["quantizer"]), blobs["codes"],
+                                          size, depth))
+        scored, _ = stage(score, (task, seed, weights, blobs["codes"], decoded["decoded"], size, depth))
+    except StageFailed as failed:
+        failed.result["provenance"]["phases"] = _rounded(phases)
+        return failed.result
+    except Exception as e:  # a snapshot that is not plain tensors
+        return failed_result(submission, task, seed, root, f"bad result from the job's process: {e}", "BadResult",
+                             executor, time.monotonic() - start)
+    result = {**base, "status": "ok", "metrics": scored["metrics"], "bits_per_token": bits_per_token(size, depth),
+              "error": None, "train": trained["train"]}
+    if scored["unavailable"]:
+        result["metrics_unavailable"] = scored["unavailable"]
+    phases.update({k: float(v) for k, v in {**trained["phases"], **scored["phases"]}.items()})
+    result["provenance"] = provenance(root, submission.hash, task, str(pick_device()), time.monotonic() - start,
+                                      executor)
+    result["provenance"]["phases"] = _rounded(phases)
+    return result
+
+
+def _rounded(phases: dict[str, float]) -> dict[str, float]:
+    return {k: round(float(v), 3) for k, v in phases.items()}

@@ -32,6 +32,7 @@ LOCK_FILE = ".vqbench-run.lock"
 
 DEFAULT_MEMORY_GB = 8.0  # address space a job may add on top of the loaded runtime (torch, Ray)
 MAX_MESSAGE_BYTES = 16 << 20  # one message from a child; a bigger one is a fault, not data
+MAX_BLOB_BYTES = 4 << 30  # one binary payload (weights, codes) from a child
 OUTPUT_TAIL_CHARS = 2000  # how much of a job's stdout/stderr a failed result keeps
 
 _context = None
@@ -144,11 +145,23 @@ def _die_with_parent() -> None:
         pass
 
 
+_CONNECTION = None  # the child's pipe to its supervisor (a child runs one target)
+
+
 def _send(conn, message: Any) -> None:
     conn.send_bytes(json.dumps(message, allow_nan=False, default=str).encode())
 
 
+def send_blob(name: str, data: bytes) -> None:
+    """From a child: a named binary payload for the supervisor (ChildOutcome.blobs). The supervisor
+    keeps the first of each name, so what was sent cannot be taken back or replaced later."""
+    _send(_CONNECTION, ["blob", name, len(data)])
+    _CONNECTION.send_bytes(data)
+
+
 def _child_main(conn, env: dict, memory_gb: float, target: Callable, args: tuple) -> None:
+    global _CONNECTION
+    _CONNECTION = conn
     os.setsid()  # its own process group: the driver kills the job and anything it spawned
     _die_with_parent()
     os.environ.clear()  # the fork server's environment is from when it started; use the driver's now
@@ -174,6 +187,7 @@ class ChildOutcome:
     output_tail: str = ""
     wall_time_s: float = 0.0
     progress: list = field(default_factory=list)
+    blobs: dict[str, bytes] = field(default_factory=dict)
 
 
 def _signal_name(code: int) -> str:
@@ -221,6 +235,17 @@ def run_in_child(target: Callable, args: tuple, timeout_s: float, memory_gb: flo
                 outcome.progress.append(message[1])
                 if on_progress:
                     on_progress(message[1])
+            elif message[0] == "blob":
+                name = message[1] if len(message) == 3 and isinstance(message[1], str) else None
+                if name is None or name in outcome.blobs:
+                    outcome.failure, outcome.kind = (f"bad message from the job's process: payload "
+                                                     f"{str(name)[:40]!r} sent twice or malformed"), "ChildError"
+                    break
+                try:
+                    outcome.blobs[name] = receive.recv_bytes(MAX_BLOB_BYTES)
+                except (OSError, EOFError) as e:
+                    outcome.failure, outcome.kind = f"bad payload from the job's process: {e or 'cut off'}", "ChildError"
+                    break
             elif message[0] == "done" and len(message) == 3:
                 outcome.value, outcome.output_tail = message[1], str(message[2])[-OUTPUT_TAIL_CHARS:]
                 break

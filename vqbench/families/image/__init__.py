@@ -21,7 +21,7 @@ import torch
 from vqbench.families import Family, Setup, endless, register_family
 from vqbench.families.image.data import (ImageFolder, LitePhotos, endless_loader, image_files, listing_key,
                                          resolve_root, uint8_to_float)
-from vqbench.families.image.metrics import LPIPS, weights_or_reason
+from vqbench.families.image.metrics import LPIPS, _inception_skeleton, weights_or_reason
 from vqbench.families.image.model import Decoder, Encoder, ReconstructionLoss
 from vqbench.families.image.sources import SOURCES
 from vqbench.metrics import Unavailable
@@ -132,9 +132,16 @@ class Image(Family):
         loss = ReconstructionLoss(model.pixel_loss, model.perceptual_weight, model.gan_weight, model.gan_start,
                                   model.disc_channels, model.disc_layers, model.disc_lr,
                                   lpips=None if isinstance(lpips, Unavailable) else lpips).to(device)
+        encoder = Encoder(dim, model.channels, model.ch_mult, model.num_res_blocks).to(device)
+        decoder = Decoder(dim, model.channels, model.ch_mult, model.num_res_blocks).to(device)
+        if {"rfid", "kid"} & set(task.metrics):
+            # The committed image results were trained in the process that also built the Inception
+            # network, whose constructor draws from the global RNG before its weights load; drawing the
+            # same here keeps them reproducible. Drop at the next recompute of the image tasks.
+            _inception_skeleton()
         return Setup(
-            encoder=Encoder(dim, model.channels, model.ch_mult, model.num_res_blocks).to(device),
-            decoder=Decoder(dim, model.channels, model.ch_mult, model.num_res_blocks).to(device),
+            encoder=encoder,
+            decoder=decoder,
             train_batches=train_batches,
             eval_batches=eval_batches,
             reconstruction_loss=loss,

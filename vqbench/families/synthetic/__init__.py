@@ -35,8 +35,16 @@ class DistortionRatio(MeanSquaredError):
         return super().compute() / self.reference_mse
 
 
+def distortion_ratio(ctx) -> DistortionRatio:
+    """The reference is computed (once per data and K, then cached) when the metric is built: only in
+    the scoring process, which never runs submission code."""
+    k = ctx.task.quantizer.codebook_size
+    reference = cached_kmeans_mse(ctx.context["eval_set"], k, key=ctx.context["data_key"], n_init=3 if k <= 1024 else 1)
+    return DistortionRatio(reference).to(ctx.device)
+
+
 register_metric("distortion_ratio", False, "MSE / MSE of a strong k-means optimum with K centres (>= ~1)", ".3f",
-                label="distortion ratio", factory=lambda ctx: DistortionRatio(ctx.context["kmeans_mse"]).to(ctx.device))
+                label="distortion ratio", factory=distortion_ratio)
 
 
 @dataclass
@@ -143,9 +151,6 @@ class Synthetic(Family):
             encoder = Tokens(mlp(data.ambient_dim, dim, model.width, model.depth), True)
             decoder = Tokens(mlp(dim, data.ambient_dim, model.width, model.depth), False)
         eval_set = dist.eval_set.to(device)
-        # The reference distortion: k-means on the eval set with as many centres as the rate allows.
-        k = task.quantizer.codebook_size
-        reference = cached_kmeans_mse(eval_set, k, key=dist.key, n_init=3 if k <= 1024 else 1)
         batch = task.train.batch_size
         eval_batch = 4096
 
@@ -158,5 +163,5 @@ class Synthetic(Family):
             train_batches=(x.to(device) for x in endless(lambda g: dist.sample(batch, g), seed)),
             eval_batches=eval_batches,
             reconstruction_loss=nn.functional.mse_loss,
-            metric_context={"kmeans_mse": reference},
+            metric_context={"eval_set": eval_set, "data_key": dist.key},  # for the k-means reference
         )

@@ -1,0 +1,211 @@
+"""The three processes of a job. Scores are never computed where submission code ran.
+
+1. `train_and_encode` (runs submission code): build the quantizer and the family's setup, train,
+   send a snapshot (the quantizer's state, the harness-owned encoder and decoder weights) *before*
+   any eval input exists in the process, then encode the eval set and send the codes.
+2. `decode_codes` (runs submission code, never forward()): a fresh quantizer loads the snapshot
+   and decodes every code tuple (the table, twice in two orders: decode must be pure), or, past
+   TABLE_LIMIT tuples, the tuples the eval pass emitted. Nothing forward() saw can reach it, so
+   rate is enforced at any depth.
+3. `score` (harness only, never imports the submission): rebuild the eval set, load the encoder and
+   decoder weights, reconstruct from the decoded vectors and compute every metric. Monkeypatching
+   torch or the harness in 1 or 2 cannot reach it.
+
+Everything crosses process boundaries as tensors (torch.save, read back with weights_only=True)
+or plain JSON: no pickle of a submission's objects ever reaches a harness process.
+"""
+from __future__ import annotations
+
+import io
+import math
+import time
+import traceback
+
+import torch
+from torch import Tensor
+
+from vqbench.enforce import JobFailure, check_output, check_rate, decode_table, decode_tuples
+from vqbench.families import Batch, DataError, EvalBatch, get_family
+from vqbench.metrics import (METRICS, CodeUsage, LatentRank, MetricContext, MetricUnavailable, QuantizationError,
+                             build_metrics, effective_rank)
+from vqbench.ops import code_index
+from vqbench.sandbox import is_out_of_memory, memory_limit_gb, send_blob
+from vqbench.schema import ConfigError
+from vqbench.train import seed_everything, train
+
+TABLE_LIMIT = 1 << 20  # code tuples: up to this many, stage 2 decodes them all (the table)
+PROGRESS_UPDATES = 100  # step reports per job
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def to_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def from_bytes(data: bytes, what: str):
+    """Tensors (and containers of them) only: a payload cannot make the reader run code."""
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise JobFailure(f"{what} is not plain tensor data ({type(e).__name__}: {str(e)[:200]}): keep the "
+                         "quantizer's state in parameters and registered buffers") from None
+
+
+def failure(e: BaseException, task) -> dict:
+    """A job's own fault as the error part of a result (the job's process reports it)."""
+    if isinstance(e, (JobFailure, ConfigError, DataError)):
+        return {"reason": str(e), "type": type(e).__name__, "traceback": traceback.format_exc(limit=-8)}
+    reason = f"{type(e).__name__}: {e}"
+    if is_out_of_memory(e):
+        reason = f"out of memory: the job passed its limit of {memory_limit_gb(task):g} GB " \
+                 f"(resources.memory_gb): {reason}"
+    return {"reason": reason, "type": type(e).__name__, "traceback": traceback.format_exc(limit=-12)}
+
+
+def eval_batches(setup):
+    for item in setup.eval_batches():
+        yield item if isinstance(item, Batch) else Batch(item)
+
+
+# ------------------------------------------------------------------ 1. train, snapshot, encode
+
+def train_and_encode(submission, task, seed: int, emit) -> dict:
+    """Stage 1. Returns {"train", "codebook_size", "depth", "phases"} or {"error"}; sends the blobs
+    "snapshot" ({quantizer, encoder, decoder} state dicts) and then "codes" (one tensor per batch)."""
+    phases, clock = {}, time.perf_counter()
+    try:
+        seed_everything(seed)
+        quantizer = submission.build(task.quantizer.dim, task.quantizer.codebook_size)
+        size, depth = check_rate(quantizer, task.quantizer.codebook_size)
+        device = pick_device()
+        setup = get_family(task.family).build(task, seed, device)
+        quantizer.to(device)
+        phases["setup"], clock = time.perf_counter() - clock, time.perf_counter()
+        every = max(1, task.train.steps // PROGRESS_UPDATES)
+        log = train(setup, quantizer, task, on_step=lambda s: emit(s + 1) if (s + 1) % every == 0 else None)
+        for m in (setup.encoder, setup.decoder, quantizer):
+            m.eval()
+        send_blob("snapshot", to_bytes({"quantizer": quantizer.state_dict(), "encoder": setup.encoder.state_dict(),
+                                        "decoder": setup.decoder.state_dict()}))
+        phases["train"], clock = time.perf_counter() - clock, time.perf_counter()
+        if check_rate(quantizer, task.quantizer.codebook_size, "evaluation: ") != (size, depth):
+            raise JobFailure(f"evaluation: codebook_size/depth change with eval(): {(size, depth)} -> "
+                             f"{(quantizer.codebook_size, quantizer.depth)}")
+        codes = []
+        with torch.no_grad():
+            for batch in eval_batches(setup):
+                z = setup.encoder(batch.x)
+                codes.append(check_output(quantizer(z), z, "evaluation", size, depth).codes.cpu())
+        send_blob("codes", to_bytes(codes))
+        phases["encode"] = time.perf_counter() - clock
+        return {"train": log, "codebook_size": size, "depth": depth, "phases": phases}
+    except Exception as e:  # the submission's fault (or bad data): a failed result, never a crash
+        return {"error": failure(e, task)}
+
+
+# ------------------------------------------------------------------ 2. decode from the snapshot
+
+def decode_codes(submission, task, seed: int, quantizer_state: bytes, codes: bytes, size: int, depth: int,
+                 emit) -> dict:
+    """Stage 2. Sends "decoded": {"index": the joint code of each row or None (the full table),
+    "vectors": (n, dim), "codebook": codebook() or None}. Returns {} or {"error"}."""
+    try:
+        seed_everything(seed)
+        quantizer = submission.build(task.quantizer.dim, task.quantizer.codebook_size)
+        quantizer.load_state_dict(from_bytes(quantizer_state, "the quantizer's state_dict"))
+        quantizer.to(pick_device()).eval()
+        if check_rate(quantizer, task.quantizer.codebook_size, "decoding: ") != (size, depth):
+            raise JobFailure(f"decoding: a quantizer loaded from its trained state declares codebook_size/depth "
+                             f"{(quantizer.codebook_size, quantizer.depth)}, training declared {(size, depth)}")
+        device = next((t.device for t in (*quantizer.parameters(), *quantizer.buffers())), torch.device("cpu"))
+        with torch.no_grad():
+            if size ** depth <= TABLE_LIMIT:
+                index, vectors = None, decode_table(quantizer, size, depth, task.quantizer.dim, device)
+            else:  # too many tuples for a table: the ones the eval pass emitted, each decoded twice
+                index = torch.unique(torch.cat([code_index(c, size, depth).flatten() for c in from_bytes(codes, "codes")]))
+                vectors = decode_tuples(quantizer, index.to(device), size, depth, task.quantizer.dim)
+            book = quantizer.codebook()
+        send_blob("decoded", to_bytes({"index": index, "vectors": vectors.cpu(),
+                                       "codebook": book.detach().cpu() if isinstance(book, Tensor) else None}))
+        return {}
+    except Exception as e:
+        return {"error": failure(e, task)}
+
+
+# ------------------------------------------------------------------ 3. score, harness only
+
+def lookup(codes: Tensor, index: Tensor | None, vectors: Tensor, size: int, depth: int) -> Tensor:
+    joint = code_index(codes, size, depth)
+    if index is None:
+        return vectors[joint]
+    return vectors[torch.searchsorted(index, joint)]  # every joint code of the eval pass is in index
+
+
+@torch.no_grad()
+def score(task, seed: int, weights: bytes, codes: bytes, decoded: bytes, size: int, depth: int, emit) -> dict:
+    """Stage 3, in a process that never imported the submission: {"metrics", "unavailable", "phases"}."""
+    try:
+        clock = time.perf_counter()
+        device = pick_device()
+        setup = get_family(task.family).build(task, seed, device)
+        state = from_bytes(weights, "the model weights")
+        setup.encoder.load_state_dict(state["encoder"])
+        setup.decoder.load_state_dict(state["decoder"])
+        setup.encoder.eval(), setup.decoder.eval()
+        fidelity = build_metrics(task.metrics, MetricContext(task, device, setup.metric_context))
+        all_codes, out = from_bytes(codes, "codes"), from_bytes(decoded, "decoded vectors")
+        index, vectors = out["index"], out["vectors"].to(device)
+        reference_s, clock = time.perf_counter() - clock, time.perf_counter()
+        usage, latent_rank, qerr = CodeUsage(size, depth), LatentRank(task.quantizer.dim), QuantizationError(task.quantizer.dim)
+        batches = list(eval_batches(setup))
+        if len(batches) != len(all_codes):
+            raise JobFailure(f"evaluation: {len(all_codes)} batches of codes for {len(batches)} eval batches")
+        for batch, batch_codes in zip(batches, all_codes):
+            z = setup.encoder(batch.x)
+            if type(batch_codes) is not Tensor or batch_codes.dtype != torch.int64 or \
+                    tuple(batch_codes.shape[:2]) != tuple(z.shape[:2]):
+                raise JobFailure("evaluation: the codes sent back do not match the eval batches")
+            z_hat = lookup(batch_codes.to(vectors.device), index, vectors, size, depth).to(z.device)
+            x_hat = setup.decoder(z_hat.to(z.dtype))
+            usage.update(batch_codes)
+            latent_rank.update(z.float().cpu())
+            qerr.update(z.float().cpu(), z_hat.float().cpu())
+            for name in task.metrics:  # only what the task asks for: rFID is not free
+                if METRICS[name].inputs == "eval":
+                    fidelity[name].update(EvalBatch(batch, x_hat.float(), z, z_hat, batch_codes,
+                                                    vectors if index is None else None))
+                else:
+                    fidelity[name].update(x_hat.float(), batch.x)
+        metrics = dict(usage.compute())
+        metrics["codebook_rank"] = effective_rank(out["codebook"]) if out["codebook"] is not None else None
+        metrics["latent_rank"] = latent_rank.compute()
+        metrics["quantization_error"] = qerr.compute()
+        metrics, unavailable = finish(metrics, fidelity, task)
+        return {"metrics": metrics, "unavailable": unavailable,
+                "phases": {"reference": reference_s, "metrics": time.perf_counter() - clock}}
+    except Exception as e:
+        return {"error": failure(e, task)}
+
+
+def finish(metrics: dict, fidelity: dict, task) -> tuple[dict, dict]:
+    """Fidelity metrics' compute(); a metric that could not be set up is recorded with its reason."""
+    unavailable = {}
+    for name in task.metrics:
+        try:
+            value = fidelity[name].compute()
+        except MetricUnavailable as e:  # missing weights: say so, never substitute a number
+            metrics[name], unavailable[name] = None, str(e)
+            continue
+        metrics.update(value if isinstance(value, dict) else {name: value})
+    for name, value in list(metrics.items()):
+        if value == math.inf and METRICS[name].higher_is_better:  # e.g. PSNR of an exact reconstruction
+            metrics[name], unavailable[name] = None, "infinite: the reconstruction is exact"
+    bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise JobFailure(f"non-finite metrics at evaluation: {', '.join(bad)}")
+    return metrics, unavailable
