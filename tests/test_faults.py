@@ -87,7 +87,21 @@ def test_output_flood_is_bounded_in_the_result(faults):
     assert path.stat().st_size < 20_000  # 36 MB were written to stdout and stderr
 
 
-def test_writes_into_results_and_other_submissions_are_undone_and_fail_the_job(faults):
+def test_confined_jobs_cannot_write_into_the_project(faults):
+    before = snapshot(faults)
+    summary = run_beside_minimal(faults, "tampers")
+    failed = read_result(result_path(faults / "results", "tampers", "synthetic/tiny", 0))
+    assert failed["error"]["reason"].startswith("OSError: [Errno 30] Read-only file system")
+    assert failed["provenance"]["confinement"].startswith("namespaces: read-only file systems")
+    assert [(r["submission"], r["seed"]) for r in summary.done] == [("minimal", 1)]
+    after = snapshot(faults)
+    assert all(after[p] == content for p, content in before.items())
+    assert set(after) - set(before) == {result_path(faults / "results", n, "synthetic/tiny", s)
+                                        for n, s in (("minimal", 1), ("tampers", 0))}  # the driver's writes
+
+
+def test_writes_into_results_and_other_submissions_are_undone_and_fail_the_job(faults, monkeypatch):
+    monkeypatch.setenv("VQBENCH_NO_NAMESPACES", "1")  # where namespaces are refused, the guard is the defence
     before = snapshot(faults)
     summary = run_beside_minimal(faults, "tampers")
     failed = read_result(result_path(faults / "results", "tampers", "synthetic/tiny", 0))

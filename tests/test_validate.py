@@ -49,11 +49,20 @@ BAD = {
                         SMOKE: "evaluation: rate budget exceeded"},
     "no_gradient": {contract("gradient"): "no gradient reaches z through z_q"},
     "nan_output": {SMOKE: "non-finite loss at training step 5"},
-    "tampers": {FILES: "tampering: the job changed files only the driver may write "
-                       "(results/tampers/synthetic/tiny/seed-9.json, submissions/minimal/quantizer.py); restored",
-                SMOKE: "tampering: the job changed files only the driver may write "
-                       "(results/tampers/synthetic/tiny/seed-9.json, submissions/minimal/quantizer.py); restored"},
+    # confined: every file system is read-only to the checks and the smoke run's stages
+    "tampers": {contract("rate"): "OSError: [Errno 30] Read-only file system",
+                SMOKE: "OSError: [Errno 30] Read-only file system"},
 }
+
+
+def test_without_namespaces_the_guard_undoes_writes(project, monkeypatch):
+    monkeypatch.setenv("VQBENCH_NO_NAMESPACES", "1")
+    before = {p: p.read_bytes() for p in (project / "submissions").rglob("*.py")}
+    failed = {c.name: c.detail for c in validate("tampers", project) if not c.ok}
+    reason = ("tampering: the job changed files only the driver may write "
+              "(results/tampers/synthetic/tiny/seed-9.json, submissions/minimal/quantizer.py); restored")
+    assert failed == {FILES: reason, SMOKE: reason}
+    assert {p: p.read_bytes() for p in (project / "submissions").rglob("*.py")} == before
 
 
 @pytest.mark.parametrize("name", list(BAD))

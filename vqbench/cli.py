@@ -102,6 +102,9 @@ def _run_locked(args, root: Path, results_dir: Path) -> int:
                           "list them with `vqbench tasks list`")
     jobs, skipped = plan(submissions, tasks, args.seeds, results_dir, args.force)
     print(f"{len(jobs)} job(s) to run, {skipped} already done (resume; --force reruns them)", file=sys.stderr)
+    if jobs:
+        from vqbench.sandbox import confinement_in_force
+        print(f"confinement of submission code: {confinement_in_force()}", file=sys.stderr)
     summary = run(jobs, root, results_dir, args.executor, args.workers, args.ray_address, args.timeout,
                   show_progress=not args.quiet)
     print(f"done: {len(summary.done)} ok, {len(summary.failed)} failed, {skipped} skipped; "
@@ -117,7 +120,8 @@ def cmd_validate(args) -> int:
     from vqbench.validate import format_check, validate
     root = project_root()
     results_dir = Path(args.results_dir) if args.results_dir else root / "results"
-    print(f"vqbench validate {args.submission}", flush=True)
+    from vqbench.sandbox import confinement_in_force
+    print(f"vqbench validate {args.submission} (confinement: {confinement_in_force()})", flush=True)
     with exclusive_project(root):
         checks = validate(args.submission, root, results_dir, args.task, args.seed, args.reproduce, args.timeout,
                           on_check=lambda c: print(format_check(c), flush=True))

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vqbench.contract import bits_per_token
-from vqbench.families import get_family
+from vqbench.families import DataError, get_family
+from vqbench.families.sources import fetch
 from vqbench.metrics import METRICS
 from vqbench.results import provenance
 from vqbench.sandbox import ChildOutcome, memory_limit_gb, run_in_child
@@ -77,11 +78,16 @@ def run_contained(submission: Submission, task, seed: int, root: Path, executor:
     base = {"submission": submission.name, "task": task.id, "seed": seed}
     phases: dict[str, float] = {}
 
+    confinement: list[str] = []
+
     def stage(target, args: tuple, progress=None) -> tuple[dict, dict[str, bytes]]:
         left = timeout_s - (time.monotonic() - start)
-        outcome = run_in_child(target, args, max(left, 0.001), memory_limit_gb(task), progress) if left > 0 \
-            else ChildOutcome(failure=f"timeout: job exceeded {timeout_s:.0f} s", kind="JobTimeout")
+        runs_submission = target is not score
+        outcome = run_in_child(target, args, left, memory_limit_gb(task), progress, confined=runs_submission) \
+            if left > 0 else ChildOutcome(failure=f"timeout: job exceeded {timeout_s:.0f} s", kind="JobTimeout")
         phases[f"{target.__name__}_process"] = outcome.wall_time_s
+        if runs_submission and outcome.confinement:
+            confinement.append(outcome.confinement)
         name = target.__name__.replace("_", " ")
         if outcome.failure:
             raise StageFailed(failed_result(submission, task, seed, root, outcome.failure, outcome.kind, executor,
@@ -101,6 +107,7 @@ def run_contained(submission: Submission, task, seed: int, root: Path, executor:
         return outcome.value, outcome.blobs
 
     try:
+        fetch_sources(task)  # data and weights reach the cache here: confined stages cannot download or write
         trained, blobs = stage(train_and_encode, (submission, task, seed), on_progress)
         size, depth = trained["codebook_size"], trained["depth"]
         snapshot = from_bytes(blobs["snapshot"], "the snapshot")
@@ -109,7 +116,7 @@ def run_contained(submission: Submission, task, seed: int, root: Path, executor:
                                           size, depth))
         scored, _ = stage(score, (task, seed, weights, blobs["codes"], decoded["decoded"], size, depth))
     except StageFailed as failed:
-        failed.result["provenance"]["phases"] = _rounded(phases)
+        failed.result["provenance"].update(phases=_rounded(phases), confinement=_confinement(confinement))
         return failed.result
     except Exception as e:  # a snapshot that is not plain tensors
         return failed_result(submission, task, seed, root, f"bad result from the job's process: {e}", "BadResult",
@@ -121,8 +128,23 @@ def run_contained(submission: Submission, task, seed: int, root: Path, executor:
     phases.update({k: float(v) for k, v in {**trained["phases"], **scored["phases"]}.items()})
     result["provenance"] = provenance(root, submission.hash, task, str(pick_device()), time.monotonic() - start,
                                       executor)
-    result["provenance"]["phases"] = _rounded(phases)
+    result["provenance"].update(phases=_rounded(phases), confinement=_confinement(confinement))
     return result
+
+
+def _confinement(reports: list[str]) -> str:
+    """What confined the stages that ran submission code ('unknown' if none reported)."""
+    return "; ".join(dict.fromkeys(reports)) or "unknown"
+
+
+def fetch_sources(task) -> None:
+    """Every downloadable source of the task's family, verified and cached by harness code before a
+    job starts. A source that cannot be fetched is left for the stage that needs it to report."""
+    for source in get_family(task.family).sources:
+        try:
+            fetch(source)
+        except DataError:
+            pass
 
 
 def _rounded(phases: dict[str, float]) -> dict[str, float]:

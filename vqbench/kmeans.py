@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 
 import torch
 from torch import Tensor
 
+from vqbench.cache import read_verified, write_verified
 from vqbench.ops import nearest_code
 from vqbench.paths import cache_home
 
@@ -76,16 +76,17 @@ def kmeans(x: Tensor, k: int, n_init: int = 3, seed: int = 0, max_iters: int = 1
 
 
 def cached_kmeans_mse(x: Tensor, k: int, key: str, n_init: int = 3) -> float:
-    """k-means MSE of `x` with `k` centres, computed once per `key` (which must cover x and k)."""
+    """k-means MSE of `x` with `k` centres, computed once per `key` (which must cover x and k) and
+    cached with its digest (vqbench.cache): a file that fails verification is recomputed."""
     folder = cache_home() / "kmeans"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{key}-k{k}-n{n_init}.json"
     with open(folder / f"{path.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second job of the same task waits, then reads
-        if path.exists():
-            return json.loads(path.read_text())["mse"]
+        if (data := read_verified(path)) is not None:
+            entry = json.loads(data)
+            if (entry.get("k"), entry.get("n"), entry.get("n_init")) == (k, x.shape[0], n_init):
+                return entry["mse"]
         _, mse = kmeans(x, k, n_init=n_init)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"mse": mse, "k": k, "n": x.shape[0], "n_init": n_init}))
-        os.replace(tmp, path)
+        write_verified(path, json.dumps({"mse": mse, "k": k, "n": x.shape[0], "n_init": n_init}).encode())
         return mse

@@ -34,6 +34,9 @@ DEFAULT_MEMORY_GB = 8.0  # address space a job may add on top of the loaded runt
 MAX_MESSAGE_BYTES = 16 << 20  # one message from a child; a bigger one is a fault, not data
 MAX_BLOB_BYTES = 4 << 30  # one binary payload (weights, codes) from a child
 OUTPUT_TAIL_CHARS = 2000  # how much of a job's stdout/stderr a failed result keeps
+SCRATCH_MB = 1024  # size of a confined job's private scratch (and /dev/shm): it lives in memory
+NO_NAMESPACES_ENV = "VQBENCH_NO_NAMESPACES"  # set: run jobs without namespaces (the guard still undoes writes)
+SCRATCH = os.path.join(tempfile.gettempdir(), ".vqbench-scratch")  # a mount point; each job mounts its own tmpfs
 
 _context = None
 
@@ -138,6 +141,107 @@ def contain(memory_gb: float) -> None:
         limit_memory(memory_gb)
 
 
+CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWUSER = 0x00020000, 0x20000000, 0x40000000, 0x10000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
+
+
+def _libc_call(name: str, *args) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if getattr(libc, name)(*args) != 0:
+        raise OSError(ctypes.get_errno(), f"{name}: {os.strerror(ctypes.get_errno())}")
+
+
+def _mount(source, target, fstype, flags: int, data: str | None = None) -> None:
+    enc = lambda v: v.encode() if isinstance(v, str) else v  # noqa: E731
+    _libc_call("mount", enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data))
+
+
+def _mount_points() -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4].replace("\\040", " ") for line in f]
+    return [m for m in dict.fromkeys(points) if not m.startswith(KERNEL_MOUNTS)]
+
+
+KERNEL_MOUNTS = ("/proc", "/sys", "/dev")  # left as they are: a user namespace cannot write to them anyway
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def confine() -> str:
+    """Linux namespaces around a process about to run submission code:
+    - every file system read-only (the project, the venv, the cache, home, /tmp), a private tmpfs
+      as scratch ($TMPDIR, $HOME) and on /dev/shm: the remounts are made in a mount namespace of their own, then a user namespace
+      locks them, so the job cannot make anything writable again;
+    - no network: a fresh network namespace has only a downed loopback;
+    - a PID namespace whose init is the job: every process it starts, setsid or not, dies with it.
+    Returns what is in force; where the platform refuses namespaces it says so, and the job runs
+    under the time, memory and output limits alone."""
+    if os.environ.get(NO_NAMESPACES_ENV):
+        return f"none: ${NO_NAMESPACES_ENV} is set; time, memory and output limits only"
+    uid, gid = os.geteuid(), os.getegid()
+    try:
+        os.makedirs(SCRATCH, exist_ok=True)
+        if uid == 0:  # a root supervisor remounts in a namespace of its own; otherwise the user ns does
+            _libc_call("unshare", CLONE_NEWNS)
+            _remount_read_only()
+            _libc_call("unshare", CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET)
+        else:
+            _libc_call("unshare", CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET)
+        _write("/proc/self/setgroups", "deny")
+        _write("/proc/self/uid_map", f"{uid} {uid} 1")
+        _write("/proc/self/gid_map", f"{gid} {gid} 1")
+        if uid != 0:
+            _remount_read_only()
+    except OSError as e:
+        return f"none: namespaces refused ({e.strerror or e}); time, memory and output limits only"
+    os.environ["HOME"] = os.environ["XDG_CACHE_HOME"] = os.environ["TMPDIR"] = SCRATCH
+    tempfile.tempdir = SCRATCH
+    return "namespaces: read-only file systems, private scratch, no network, own PID namespace"
+
+
+def _remount_read_only() -> None:
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing mounted here leaks back to the host
+    for point in _mount_points():
+        try:  # per-mount flags of this namespace's copy: the host's mounts stay as they are
+            _mount(None, point, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        except OSError:
+            if point == "/":
+                raise
+    for scratch in (SCRATCH, "/dev/shm"):  # private to this namespace, gone with it
+        if os.path.isdir(scratch):
+            _mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV, f"size={SCRATCH_MB}m,mode=1777")
+
+
+def _exit_like(pid: int, signal_as_status: bool) -> None:
+    """Wait for `pid`, then end this process as it ended (exit status, or the same signal)."""
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)  # -N: killed by signal N
+    if not signal_as_status and code > 128:  # a namespace init's way of saying "killed by code - 128"
+        code = 128 - code
+    if code < 0:
+        if signal_as_status:  # an init cannot be killed by its own signal: encode it as a status
+            os._exit(128 - code)
+        if -code not in (signal.SIGKILL, signal.SIGSTOP):  # those two have no handler to reset
+            signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    os._exit(code)
+
+
+def _enter_pid_namespace() -> None:
+    """After unshare(CLONE_NEWPID) the next child is the namespace's init (PID 1), which ignores
+    signals it has no handler for (abort() included). So: a waiter here, a minimal init, and the job
+    as PID 2; when the job ends, its init ends, and the kernel kills whatever else the job started."""
+    if pid := os.fork():
+        _exit_like(pid, signal_as_status=False)
+    _die_with_parent()
+    if pid := os.fork():
+        _exit_like(pid, signal_as_status=True)
+    _die_with_parent()
+
+
 def _die_with_parent() -> None:
     try:  # PR_SET_PDEATHSIG: a SIGKILLed driver takes its fork server, and so its jobs, with it
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
@@ -159,13 +263,18 @@ def send_blob(name: str, data: bytes) -> None:
     _CONNECTION.send_bytes(data)
 
 
-def _child_main(conn, env: dict, memory_gb: float, target: Callable, args: tuple) -> None:
+def _child_main(conn, env: dict, memory_gb: float, target: Callable, args: tuple, confined: bool) -> None:
     global _CONNECTION
     _CONNECTION = conn
     os.setsid()  # its own process group: the driver kills the job and anything it spawned
     _die_with_parent()
     os.environ.clear()  # the fork server's environment is from when it started; use the driver's now
     os.environ.update(env)
+    if confined:  # before any submission code exists in this process
+        state = confine()
+        if state.startswith("namespaces"):
+            _enter_pid_namespace()
+        _send(conn, ["confinement", state])
     try:
         import torch
         torch.set_num_threads(1)  # results identical to a Ray worker's
@@ -188,6 +297,7 @@ class ChildOutcome:
     wall_time_s: float = 0.0
     progress: list = field(default_factory=list)
     blobs: dict[str, bytes] = field(default_factory=dict)
+    confinement: str | None = None  # what the child reported before the target ran (None: not asked)
 
 
 def _signal_name(code: int) -> str:
@@ -198,11 +308,13 @@ def _signal_name(code: int) -> str:
 
 
 def run_in_child(target: Callable, args: tuple, timeout_s: float, memory_gb: float = DEFAULT_MEMORY_GB,
-                 on_progress: Callable[[Any], None] | None = None) -> ChildOutcome:
-    """Run `target(*args, emit=...)` in a contained child; never raises for the child's faults."""
+                 on_progress: Callable[[Any], None] | None = None, confined: bool = False) -> ChildOutcome:
+    """Run `target(*args, emit=...)` in a contained child; never raises for the child's faults.
+    `confined`: the child also enters namespaces (`confine`) before the target runs."""
     ctx = _ctx()
     receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child_main, args=(send, dict(os.environ), memory_gb, target, args), daemon=True)
+    proc = ctx.Process(target=_child_main, args=(send, dict(os.environ), memory_gb, target, args, confined),
+                       daemon=True)
     start = time.monotonic()
     proc.start()
     send.close()
@@ -231,7 +343,9 @@ def run_in_child(target: Callable, args: tuple, timeout_s: float, memory_gb: flo
             if not isinstance(message, list) or not message:
                 outcome.failure, outcome.kind = "bad message from the job's process", "ChildError"
                 break
-            if message[0] == "progress":
+            if message[0] == "confinement" and outcome.confinement is None and len(message) == 2:
+                outcome.confinement = str(message[1])[:200]
+            elif message[0] == "progress":
                 outcome.progress.append(message[1])
                 if on_progress:
                     on_progress(message[1])
@@ -259,6 +373,16 @@ def run_in_child(target: Callable, args: tuple, timeout_s: float, memory_gb: flo
     return outcome
 
 
+def _nothing(emit) -> None:
+    return None
+
+
+def confinement_in_force() -> str:
+    """What `confined=True` gives on this machine now (a child is started to find out)."""
+    outcome = run_in_child(_nothing, (), 60.0, confined=True)
+    return outcome.confinement or f"unknown: {outcome.failure}"
+
+
 def _kill_group(proc) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -270,7 +394,9 @@ def _kill_group(proc) -> None:
 class Guard:
     """Snapshot of the folders only the driver may change; `check()` names and undoes any other change.
 
-    Stat-based (size, mtime, inode: a rename-over gets a new inode) with the bytes kept to restore.
+    Stat (size, mtime, inode: a rename-over gets a new inode) and content (an in-place edit that
+    restores size and times), with the bytes kept to restore. With namespaces (`confine`) a job cannot
+    write there at all; the guard is the defence where the platform refuses them.
     """
 
     def __init__(self, folders: list[Path]):
@@ -303,7 +429,8 @@ class Guard:
     def check(self) -> list[str]:
         """Paths changed since the snapshot by anyone else, each restored; empty when none."""
         now = self._scan()
-        changed = sorted({p for p in now if now[p] != self.state.get(p)} | (set(self.state) - set(now)))
+        changed = sorted({p for p in now if now[p] != self.state.get(p) or self._content_differs(p)}
+                         | (set(self.state) - set(now)))
         for path in changed:
             if path.is_symlink() or path.exists():
                 path.unlink()
@@ -313,6 +440,13 @@ class Guard:
                 st = path.lstat()
                 self.state[path] = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode)
         return [self._show(p) for p in changed]
+
+    def _content_differs(self, path: Path) -> bool:
+        """An edit can keep size, mtime (os.utime) and inode: compare the bytes too."""
+        try:
+            return path.read_bytes() != self.backup.get(path)
+        except OSError:
+            return True
 
     def _show(self, path: Path) -> str:
         for folder in self.folders:

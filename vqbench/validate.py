@@ -60,7 +60,7 @@ def import_problem(submission: Submission, root: Path, results_dir: Path | None 
     """Why the submission cannot be imported (in a contained child: its import-time code never runs
     in the driver), or None. Import-time writes into protected folders are undone and reported."""
     guard = Guard(protected_folders(root, results_dir))
-    outcome = run_in_child(_import_in_child, (submission,), IMPORT_TIMEOUT_S, CHECKS_MEMORY_GB)
+    outcome = run_in_child(_import_in_child, (submission,), IMPORT_TIMEOUT_S, CHECKS_MEMORY_GB, confined=True)
     if changed := guard.check():
         return tamper_reason(changed)
     return outcome.failure.removeprefix("ConfigError: ") if outcome.failure else None
@@ -234,7 +234,7 @@ def contract_checks(submission: Submission, task, root: Path, results_dir: Path 
             done.append(Check(f"contract: {message[1]}", bool(message[2]), str(message[3])))
 
     outcome = run_in_child(_checks_in_child, (submission, dim, k), timeout_s or CHECKS_TIMEOUT_S,
-                           CHECKS_MEMORY_GB, on_progress=on_progress)
+                           CHECKS_MEMORY_GB, on_progress=on_progress, confined=True)
     finished = {c.name for c in done}
     pending = [title for title, _ in CONTRACT_CHECKS if f"contract: {title}" not in finished]
     for i, title in enumerate(pending):  # checks run in order: the first unfinished one was running

