@@ -1,6 +1,8 @@
 """The task registry: every registered task loads, sweeps expand, and every error names file, field and fix."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from conftest import TINY_TASK, add_task
@@ -81,3 +83,12 @@ def test_family_folder_mismatch_and_duplicates(project):
 def test_unknown_task_id_suggests(project):
     with pytest.raises(ConfigError, match="did you mean 'synthetic/tiny'"):
         get_task("synthetic/tyni")
+
+
+def test_the_metrics_doc_is_what_the_specs_give(capsys):
+    """docs/metrics.md is generated from the registered MetricSpecs: one source of truth."""
+    from vqbench.cli import main
+    assert main(["metrics", "--markdown"]) == 0
+    table = capsys.readouterr().out
+    doc = (Path(__file__).parent.parent / "docs" / "metrics.md").read_text()
+    assert doc.endswith(table), "regenerate docs/metrics.md with `vqbench metrics --markdown`"

@@ -197,7 +197,8 @@ def cmd_metrics(args) -> int:
             return "every task"
         return ", ".join(f for f in families if name in get_family(f).metrics) or "no family"
 
-    rows = [(s.name, s.label, "↑" if s.higher_is_better else "↓", s.unit, reported_by(s.name), s.doc)
+    cell = (lambda text: text.replace("|", "\\|")) if args.markdown else str
+    rows = [(s.name, cell(s.label), "↑" if s.higher_is_better else "↓", s.unit, reported_by(s.name), cell(s.doc))
             for s in sorted(METRICS.values(), key=lambda s: s.name)]
     print(tabulate(rows, headers=["metric", "label", "better", "unit", "reported by", "definition"],
                    tablefmt="github" if args.markdown else "simple"))
