@@ -20,7 +20,7 @@ from vqbench.families.sources import fetch
 from vqbench.metrics import METRICS
 from vqbench.results import provenance
 from vqbench.sandbox import ChildOutcome, memory_limit_gb, run_in_child
-from vqbench.stages import decode_codes, pick_device, score, to_bytes, train_and_encode, from_bytes
+from vqbench.stages import decode_codes, from_bytes, pick_device, score, to_bytes, train_and_encode
 from vqbench.submissions import Submission
 
 BLOBS = {train_and_encode: ("snapshot", "codes"), decode_codes: ("decoded",), score: ()}

@@ -156,7 +156,8 @@ def score(task, seed: int, weights: bytes, codes: bytes, decoded: bytes, size: i
         state = from_bytes(weights, "the model weights")
         setup.encoder.load_state_dict(state["encoder"])
         setup.decoder.load_state_dict(state["decoder"])
-        setup.encoder.eval(), setup.decoder.eval()
+        for module in (setup.encoder, setup.decoder):
+            module.eval()
         fidelity = build_metrics(task.metrics, MetricContext(task, device, setup.metric_context))
         all_codes, out = from_bytes(codes, "codes"), from_bytes(decoded, "decoded vectors")
         index, vectors = out["index"], out["vectors"].to(device)
