@@ -62,6 +62,7 @@ def test_model_token_layout():
     assert dec(enc(torch.randn(2, 3, 64, 64))).shape == (2, 3, 64, 64)
 
 
+@pytest.mark.network
 def test_lite_build_trains_and_evaluates():
     task = get_task("image/lite@codebook_size=1024")
     task = dataclasses.replace(task, metrics=("psnr", "ssim", "mse", "lpips"))  # rFID/KID: test_image_metrics
@@ -96,6 +97,7 @@ def test_lite_build_trains_and_evaluates():
     assert 8 < result["psnr"] < 40 and 0 < result["ssim"] < 1 and 0 < result["lpips"] < 1
 
 
+@pytest.mark.network
 def test_rfid_and_kid_share_one_inception_pass():
     task = dataclasses.replace(get_task("image/lite@codebook_size=1024"), metrics=("rfid", "kid"))
     metrics = get_family("image").build(task, 0, torch.device("cpu")).fidelity_metrics
@@ -103,6 +105,7 @@ def test_rfid_and_kid_share_one_inception_pass():
     assert metrics["rfid"].owner and not metrics["kid"].owner
 
 
+@pytest.mark.network
 def test_gan_and_lpips_loss_trains_its_discriminator_only_when_training():
     loss_fn = ReconstructionLoss("l1", perceptual_weight=1.0, gan_weight=0.1, gan_start=1, disc_channels=8,
                                  disc_layers=2, lpips=LPIPS())
