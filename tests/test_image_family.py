@@ -10,7 +10,7 @@ from vqbench.contract import Quantizer, QuantizerOutput
 from vqbench.families import get_family
 from vqbench.families.image import SharedView
 from vqbench.metrics import METRICS
-from vqbench.metrics_image import LPIPS
+from vqbench.metrics_image import LPIPS, PSNR
 from vqbench.models.image import Decoder, Encoder, ReconstructionLoss, from_tokens, to_tokens
 from vqbench.ops import nearest_code, straight_through
 from vqbench.schema import ConfigError
@@ -94,7 +94,12 @@ def test_lite_build_trains_and_evaluates():
                 metric.update(x_hat, x)
     result = {name: m.compute() for name, m in setup.fidelity_metrics.items()}
     assert set(result) == {"psnr", "ssim", "mse", "lpips"} and all(isinstance(v, float) for v in result.values())
-    assert 8 < result["psnr"] < 40 and 0 < result["ssim"] < 1 and 0 < result["lpips"] < 1
+    # A decoder of flat grey scores ~12.7 dB here, inside any loose bound: beat it. (12 steps only just
+    # do, by ~0.2 dB; known values and a real reconstruction's margin: test_metrics_known.py.)
+    grey = PSNR()
+    for x in evals:
+        grey.update(torch.zeros_like(x), x)
+    assert result["psnr"] > grey.compute() and 0 < result["ssim"] < 1 and 0 < result["lpips"] < 1
 
 
 @pytest.mark.network
