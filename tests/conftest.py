@@ -33,13 +33,18 @@ resources: {timeout_s: 120}
 """
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    """A project root with one tiny task and the fixture submissions (caches: the test's own home)."""
-    root = tmp_path / "project"
+def make_project(root: Path) -> Path:
+    """A project root with one tiny task and the fixture submissions."""
     (root / "tasks" / "synthetic").mkdir(parents=True)
     (root / "tasks" / "synthetic" / "tiny.yaml").write_text(TINY_TASK)
     shutil.copytree(FIXTURES / "submissions", root / "submissions")
+    return root
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """make_project() as VQBENCH_ROOT (caches: the test's own home)."""
+    root = make_project(tmp_path / "project")
     monkeypatch.setenv("VQBENCH_ROOT", str(root))
     return root
 
