@@ -55,6 +55,19 @@ def add_task(root: Path, name: str, text: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def torch_threads():
+    """One torch thread for the whole suite, as the runner pins per job: with another process on the
+    other core, two threads make the many tiny ops of these tests several times slower (the
+    contract and baseline tests: ~70 s -> ~10 s on a busy 2-core machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread, as the runner pins per job: two threads collapse when the other core is busy."""
