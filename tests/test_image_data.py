@@ -31,6 +31,7 @@ def make_folder(root, split, sizes):
         Image.fromarray(arr).save(folder / f"img_{i}.png")
 
 
+@pytest.mark.network
 def test_sources_fetch_verified_and_listed():
     folder = sources.fetch("sklearn-photos")
     for member, digest in sources.all_sources()["sklearn-photos"].members.items():
@@ -51,6 +52,7 @@ def test_offline_fetch_is_one_clear_line(tmp_path, monkeypatch):
     assert not (tmp_path / "data" / "sklearn-photos").exists()
 
 
+@pytest.mark.network
 def test_photo_split_is_by_photo_deterministic_and_keeps_scenes_together():
     keys = [k for k, _ in lite_photo_paths()]
     assert len(keys) == 29
@@ -63,6 +65,7 @@ def test_photo_split_is_by_photo_deterministic_and_keeps_scenes_together():
     assert all(k in held for k in stereo) or all(k in train for k in stereo)
 
 
+@pytest.mark.network
 def test_lite_photos_crops():
     lite = LitePhotos(64, [128, 192], [128, 256], 0.2, 0)
     assert lite.eval_set.dtype == torch.uint8 and lite.eval_set.shape[1:] == (3, 64, 64)
@@ -103,6 +106,7 @@ def test_full_tier_missing_root_is_a_clear_error(tmp_path, monkeypatch):
         resolve_root(None)
 
 
+@pytest.mark.network
 def test_full_tier_builds_from_a_folder(tmp_path, monkeypatch):
     make_folder(tmp_path, "train", [(140, 130)] * 4)
     make_folder(tmp_path, "val", [(128, 150)] * 3)

@@ -8,10 +8,9 @@ import torch
 
 from vqbench.contract import Quantizer, QuantizerOutput
 from vqbench.families import get_family
-from vqbench.families.image.metrics import SharedView
-from vqbench.metrics import METRICS, MetricContext, build_metrics
-from vqbench.families.image.metrics import LPIPS
+from vqbench.families.image.metrics import LPIPS, PSNR, SharedView
 from vqbench.families.image.model import Decoder, Encoder, ReconstructionLoss, from_tokens, to_tokens
+from vqbench.metrics import METRICS, MetricContext, build_metrics
 from vqbench.ops import nearest_code, straight_through
 from vqbench.schema import ConfigError
 from vqbench.tasks import get_task, list_tasks
@@ -68,6 +67,7 @@ def job_metrics(task, setup=None):
     return build_metrics(task.metrics, MetricContext(task, torch.device("cpu"), setup.metric_context))
 
 
+@pytest.mark.network
 def test_lite_build_trains_and_evaluates():
     task = get_task("image/lite@codebook_size=1024")
     task = dataclasses.replace(task, metrics=("psnr", "ssim", "mse", "lpips"))  # rFID/KID: test_image_metrics
@@ -100,9 +100,15 @@ def test_lite_build_trains_and_evaluates():
                 metric.update(x_hat, x)
     result = {name: m.compute() for name, m in fidelity.items()}
     assert set(result) == {"psnr", "ssim", "mse", "lpips"} and all(isinstance(v, float) for v in result.values())
-    assert 8 < result["psnr"] < 40 and 0 < result["ssim"] < 1 and 0 < result["lpips"] < 1
+    # A decoder of flat grey scores ~12.7 dB here, inside any loose bound: beat it. (12 steps only just
+    # do, by ~0.2 dB; known values and a real reconstruction's margin: test_metrics_known.py.)
+    grey = PSNR()
+    for x in evals:
+        grey.update(torch.zeros_like(x), x)
+    assert result["psnr"] > grey.compute() and 0 < result["ssim"] < 1 and 0 < result["lpips"] < 1
 
 
+@pytest.mark.network
 def test_rfid_and_kid_share_one_inception_pass():
     task = dataclasses.replace(get_task("image/lite@codebook_size=1024"), metrics=("rfid", "kid"))
     metrics = job_metrics(task)
@@ -110,6 +116,7 @@ def test_rfid_and_kid_share_one_inception_pass():
     assert metrics["rfid"].owner and not metrics["kid"].owner
 
 
+@pytest.mark.network
 def test_gan_and_lpips_loss_trains_its_discriminator_only_when_training():
     loss_fn = ReconstructionLoss("l1", perceptual_weight=1.0, gan_weight=0.1, gan_start=1, disc_channels=8,
                                  disc_layers=2, lpips=LPIPS())

@@ -7,7 +7,7 @@ import uuid
 import pytest
 import torch
 
-from vqbench.families.image.data import LitePhotos, uint8_to_float
+from vqbench.families.image.data import uint8_to_float
 from vqbench.families.sources import fetch
 from vqbench.metrics import MetricUnavailable, Unavailable
 from vqbench.families.image.metrics import LPIPS, PSNR, SSIM, InceptionMetrics, frechet_distance, inception, weights_or_reason
@@ -17,9 +17,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def photos() -> torch.Tensor:
+def photos(lite_photos) -> torch.Tensor:
     """16 real 64x64 eval crops in [-1, 1]."""
-    return uint8_to_float(LitePhotos(64, [128], [128, 256], 0.2, 0).eval_set[::8][:16])
+    return uint8_to_float(lite_photos.eval_set[::8][:16])
 
 
 def test_psnr_is_the_mean_of_per_image_values():
@@ -44,6 +44,7 @@ def test_ssim_of_constant_images_by_hand():
     assert m.compute() == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.network
 def test_inception_port_matches_the_torchscript_original():
     ts = torch.jit.load(str(fetch("fid-inception") / "default_1.pt"), map_location="cpu").eval()
     x = torch.randint(0, 256, (2, 3, 299, 299), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -67,6 +68,7 @@ def test_frechet_distance_equals_torch_fidelity():
     assert frechet_distance(*stats[0], *stats[0]) == pytest.approx(0, abs=1e-5)
 
 
+@pytest.mark.network
 def test_fid_kid_self_zero_noise_positive_and_reference_cache(photos):
     first = InceptionMetrics(f"test-{uuid.uuid4().hex}")  # a fresh reference entry for this test run
     try:
@@ -89,6 +91,7 @@ def test_fid_kid_self_zero_noise_positive_and_reference_cache(photos):
         first.reference_path.unlink(missing_ok=True)
 
 
+@pytest.mark.network
 def test_lpips_zero_on_identity_and_monotone_in_noise(photos):
     net = LPIPS()
     gen = torch.Generator().manual_seed(0)

