@@ -162,6 +162,8 @@ def run(jobs: list[Job], root: Path, results_dir: Path, executor: str = "ray", w
         address: str | None = None, timeout_s: float | None = None, show_progress: bool = True) -> RunSummary:
     summary = RunSummary()
     clean_partial_writes(results_dir)
+    if not jobs:  # everything is done: no guard snapshot, no Ray start
+        return summary
     guard = Guard(protected_folders(root, results_dir))
     suspects: dict[tuple, str] = {}  # Ray: jobs running alongside a detected write, failed when they land
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
