@@ -92,15 +92,16 @@ def _run_locked(args, root: Path, results_dir: Path) -> int:
     from vqbench.tasks import list_tasks
     from vqbench.validate import import_problem
     submissions = [get_submission(name) for name in args.submission]
-    for sub in submissions:  # fail fast on an unimportable submission, before any job starts
-        if problem := import_problem(sub, root, results_dir):
-            raise ConfigError(sub.folder / "submission.yaml", "entrypoint", problem,
-                              f"run `vqbench validate {sub.name}` for every check")
     tasks = list_tasks(args.tasks or ["*"], args.tier)
     if not tasks:
         raise ConfigError(None, "--tasks", f"no {args.tier or ''} task matches {' or '.join(args.tasks or ['*'])!r}",
                           "list them with `vqbench tasks list`")
     jobs, skipped = plan(submissions, tasks, args.seeds, results_dir, args.force)
+    # Fail fast on an unimportable submission, before any job starts; with nothing to run, start nothing.
+    for sub in {job.submission.name: job.submission for job in jobs}.values():
+        if problem := import_problem(sub, root, results_dir):
+            raise ConfigError(sub.folder / "submission.yaml", "entrypoint", problem,
+                              f"run `vqbench validate {sub.name}` for every check")
     print(f"{len(jobs)} job(s) to run, {skipped} already done (resume; --force reruns them)", file=sys.stderr)
     if jobs:
         from vqbench.sandbox import confinement_in_force
