@@ -17,6 +17,7 @@ by a metric is a code of real data. The Quantizer contract stays (batch, tokens,
 """
 from __future__ import annotations
 
+import abc
 import fnmatch
 import importlib
 import os
@@ -89,9 +90,10 @@ class Family:
         """Cross-section rules of a resolved task; raise vqbench.schema.ConfigError naming the field."""
 
     @classmethod
+    @abc.abstractmethod
     def build(cls, task, seed: int, device: torch.device) -> Setup:
-        """Data, encoder/decoder, loss and metric context for one job (seeded by `seed`)."""
-        raise NotImplementedError(f"family {cls.name!r} does not implement build()")
+        """Data, encoder/decoder, loss and metric context for one job (seeded by `seed`); every family
+        implements it (register_family refuses one that does not)."""
 
 
 def register_family(name: str):
@@ -99,9 +101,11 @@ def register_family(name: str):
         from vqbench.metrics import METRICS
         where = f"{cls.__module__}.{cls.__qualname__}"
         missing = [a for a in ("Data", "Model", "metrics", "primary_metric") if not hasattr(cls, a)]
+        if issubclass(cls, Family) and getattr(cls.build, "__isabstractmethod__", False):
+            missing.append("build()")
         if missing or not issubclass(cls, Family):
-            raise TypeError(f"{where}: a family subclasses vqbench.families.Family and sets Data, Model, metrics "
-                            f"and primary_metric (missing: {', '.join(missing) or 'the base class'})")
+            raise TypeError(f"{where}: a family subclasses vqbench.families.Family, sets Data, Model, metrics "
+                            f"and primary_metric and implements build() (missing: {', '.join(missing) or 'the base class'})")
         unknown = [m for m in (*cls.metrics, cls.primary_metric) if m not in METRICS]
         if unknown:
             raise TypeError(f"{where}: metric(s) {', '.join(unknown)} are not registered; call "
