@@ -83,9 +83,12 @@ def run_serial(jobs: list[Job], root: Path, timeout_s: float | None, on_result: 
 
 
 def worker_env() -> dict[str, str]:
-    """What a Ray worker's environment gets from the driver's: one thread, and every VQBENCH_* setting
-    (data folders, cache home, project root, family path), so workers on other nodes read the same."""
-    return {"OMP_NUM_THREADS": "1", **{k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIX)}}
+    """What a Ray worker's environment gets from the driver's: one thread, the serial executor's CPU
+    priority (Ray starts workers at nice 15, so on a shared machine their jobs yield to every other
+    process; Ray's own job supervisor resets it the same way), and every VQBENCH_* setting (data
+    folders, cache home, project root, family path), so workers on other nodes read the same."""
+    return {"OMP_NUM_THREADS": "1", "RAY_worker_niceness": "0",
+            **{k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIX)}}
 
 
 def _ray_init(workers: int | None, address: str | None):
