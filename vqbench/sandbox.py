@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from vqbench.paths import cache_home
+
 LOCK_FILE = ".vqbench-run.lock"
 
 DEFAULT_MEMORY_GB = 8.0  # address space a job may add on top of the loaded runtime (torch, Ray)
@@ -320,8 +322,9 @@ def run_in_child(target: Callable, args: tuple, timeout_s: float, memory_gb: flo
     `confined`: the child also enters namespaces (`confine`) before the target runs."""
     ctx = _ctx()
     receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child_main, args=(send, dict(os.environ), memory_gb, target, args, confined),
-                       daemon=True)
+    # the cache is named by path: a confined child's $HOME is its scratch, so ~/.cache would move
+    env = {**os.environ, "VQBENCH_HOME": str(cache_home())}
+    proc = ctx.Process(target=_child_main, args=(send, env, memory_gb, target, args, confined), daemon=True)
     start = time.monotonic()
     proc.start()
     send.close()
