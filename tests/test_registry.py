@@ -92,3 +92,26 @@ def test_the_metrics_doc_is_what_the_specs_give(capsys):
     table = capsys.readouterr().out
     doc = (Path(__file__).parent.parent / "docs" / "metrics.md").read_text()
     assert doc.endswith(table), "regenerate docs/metrics.md with `vqbench metrics --markdown`"
+
+
+def test_a_method_that_needs_an_encoder_is_not_run_or_ranked_without_one(tmp_path):
+    """rotation_vq only changes the encoder's gradient: on identity-encoder probes it is plain VQ, so
+    those pairs are n/a (not planned, shown as such), never a tie ranked beside vq."""
+    from vqbench.runner import plan
+    from vqbench.submissions import get_submission
+    from vqbench.tasks import not_applicable
+    rotation, vq = get_submission("rotation_vq"), get_submission("vq")
+    identity = get_task("synthetic/init-mismatch@shift=4.0")
+    mlp = get_task("synthetic/encoder-capacity@width=4,depth=1")
+    assert "trainable_encoder" in not_applicable(rotation, identity)
+    assert not_applicable(rotation, mlp) is None and not_applicable(vq, identity) is None
+    jobs, _ = plan([rotation, vq], [identity, mlp], [0], tmp_path, force=False)
+    assert sorted((j.submission.name, j.task.id) for j in jobs) == sorted(
+        [("rotation_vq", mlp.id), ("vq", identity.id), ("vq", mlp.id)])
+
+
+def test_an_unknown_need_names_the_field_and_the_choices(tmp_path):
+    from vqbench.submissions import SubmissionMeta
+    meta = SubmissionMeta(name="x", display_name="x", entrypoint="q:X", needs=["gpu_magic"])
+    with pytest.raises(ConfigError, match="needs.*trainable_encoder"):
+        meta.validate()

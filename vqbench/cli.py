@@ -103,6 +103,11 @@ def _run_locked(args, root: Path, results_dir: Path) -> int:
             raise ConfigError(sub.folder / "submission.yaml", "entrypoint", problem,
                               f"run `vqbench validate {sub.name}` for every check")
     print(f"{len(jobs)} job(s) to run, {skipped} already done (resume; --force reruns them)", file=sys.stderr)
+    from vqbench.tasks import not_applicable
+    for sub in submissions:
+        if na := [t.id for t in tasks if not_applicable(sub, t)]:
+            print(f"not applicable to {sub.name} (it needs {', '.join(sub.meta.needs)}), not run: {', '.join(na)}",
+                  file=sys.stderr)
     if jobs:
         from vqbench.sandbox import confinement_in_force
         print(f"confinement of submission code: {confinement_in_force()}", file=sys.stderr)

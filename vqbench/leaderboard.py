@@ -19,7 +19,7 @@ from vqbench.metrics import CODE_METRICS, METRICS
 from vqbench.results import iter_results
 from vqbench.schema import ConfigError
 from vqbench.submissions import get_submission, list_submissions
-from vqbench.tasks import load_registry
+from vqbench.tasks import load_registry, not_applicable
 
 README = "README.md"
 PLOTS = "plots"
@@ -130,14 +130,16 @@ def overview(tasks, subs, ok) -> str:
     means = defaultdict(dict)
     for s in sorted({s for (_, s) in ok}):
         for f in families:
-            have = [tid for tid in per_family_tasks[f] if (tid, s) in ok]
+            applicable = [tid for tid in per_family_tasks[f] if not_applicable(subs[s], tasks[tid]) is None]
+            have = [tid for tid in applicable if (tid, s) in ok]
             for _, name in [c for c in cols if c[0] == f]:
                 vals = [statistics.fmean(r["metrics"][name] for r in ok[(tid, s)]) for tid in have
                         if all(r["metrics"].get(name) is not None for r in ok[(tid, s)])]
                 # Only a submission with every task of the family is ranked on the family mean.
-                complete = len(vals) == len(per_family_tasks[f])
+                complete = len(vals) == len(applicable)
                 means[(f, name)][s] = statistics.fmean(vals) if vals and complete else None
-            rows.setdefault(s, []).append(f"{len(have)}/{len(per_family_tasks[f])}")
+            na = len(per_family_tasks[f]) - len(applicable)
+            rows.setdefault(s, []).append(f"{len(have)}/{len(applicable)}" + (f" ({na} n/a)" if na else ""))
     # Best first on the first family's primary metric; incomplete submissions last, by name.
     key = cols[1] if cols else None
     sign = 1 if key and METRICS[key[1]].higher_is_better else -1
@@ -228,6 +230,9 @@ def family_sections(tasks, subs, ok, files: dict[str, bytes]) -> list[str]:
                 rows = {s: ok[(t.id, s)] for s in subs if (t.id, s) in ok}
                 if rows:
                     sections += [f"#### {t.id}", "", task_table(t, rows, subs), ""]
+                    if skipped := [f"{md_escape(subs[s].meta.display_name)} ({why})" for s in sorted(subs)
+                                   if (why := not_applicable(subs[s], t))]:
+                        sections += [f"Not applicable, not run: {'; '.join(skipped)}.", ""]
         if sections:
             out += [f"## {family}", "", *sections]
     return out

@@ -23,6 +23,7 @@ from vqbench.job import failed_result, run_contained
 from vqbench.results import clean_partial_writes, is_done, result_path, write_result
 from vqbench.sandbox import Guard, protected_folders, tamper_reason
 from vqbench.submissions import Submission
+from vqbench.tasks import not_applicable
 
 console = Console(stderr=True)
 WORKER_GRACE_S = 60.0  # Ray backstop on top of a job's limit: a worker's first job starts its fork server
@@ -54,10 +55,11 @@ class RunSummary:
 
 def plan(submissions: Iterable[Submission], tasks: Iterable, seeds: list[int] | None,
          results_dir: Path, force: bool) -> tuple[list[Job], int]:
-    """Jobs still to run, and how many were skipped because an identical result exists (resume)."""
+    """Jobs still to run, and how many were skipped because an identical result exists (resume).
+    Tasks not applicable to a submission are left out (see not_applicable)."""
     todo, skipped = [], 0
     for sub in submissions:
-        for task in tasks:
+        for task in [t for t in tasks if not_applicable(sub, t) is None]:
             for seed in (seeds if seeds is not None else task.seeds):
                 path = result_path(results_dir, sub.name, task.id, seed)
                 if not force and is_done(path, sub.hash, task.hash):

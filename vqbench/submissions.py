@@ -25,6 +25,7 @@ from vqbench.paths import project_root
 from vqbench.schema import ConfigError, did_you_mean, from_dict
 
 SUBMISSION_FILE = "submission.yaml"
+KNOWN_NEEDS = {"trainable_encoder"}  # what Family.provides() may offer
 # Caches that tools write beside code and that cannot change what the code does. Everything else
 # counts, dotfiles included: a hidden helper module or weights file changes behaviour too.
 IGNORED = ("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", ".ipynb_checkpoints", ".mypy_cache", ".ruff_cache")
@@ -42,12 +43,18 @@ class SubmissionMeta:
     license: str = ""  # SPDX id of the submission's own code
     params: dict[str, Any] = field(default_factory=dict)  # keyword arguments for the class
     requires: list[str] = field(default_factory=list)  # optional extra packages (import names)
+    # what a task must offer for the method to differ from plain VQ, e.g. [trainable_encoder] for a
+    # method that only changes the encoder's gradient; tasks without it are "n/a", not run or ranked
+    needs: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         # The name becomes a folder under results/ and a code span on the leaderboard: plain characters only.
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.name):
             raise ConfigError(None, "name", f"{self.name!r} is not a plain name",
                               "use letters, digits, '_', '-', '.' (at most 64), starting with a letter or digit")
+        if unknown := [n for n in self.needs if n not in KNOWN_NEEDS]:
+            raise ConfigError(None, "needs", f"{', '.join(map(repr, unknown))} is not something a task can offer",
+                              f"use some of: {', '.join(sorted(KNOWN_NEEDS))}")
         if ":" not in self.entrypoint or not all(self.entrypoint.split(":", 1)):
             raise ConfigError(None, "entrypoint", f"{self.entrypoint!r} is not 'module:Class'",
                               "write e.g. 'entrypoint: quantizer:MyQuantizer' for quantizer.py")

@@ -232,3 +232,10 @@ def get_task(task_id: str, root: Path | None = None) -> Task:
         raise ConfigError(None, "task", f"no task {task_id!r}",
                           f"{did_you_mean(task_id, registry)}list them with `vqbench tasks list`")
     return registry[task_id]
+
+
+def not_applicable(submission, task) -> str | None:
+    """Why `task` cannot tell `submission` apart from plain VQ (its `needs` that the task's family
+    does not provide for it), or None. Such pairs are neither run nor ranked."""
+    missing = [n for n in submission.meta.needs if n not in get_family(task.family).provides(task)]
+    return f"needs {', '.join(missing)}, which {task.id} does not offer" if missing else None

@@ -90,6 +90,13 @@ class Family:
         """Cross-section rules of a resolved task; raise vqbench.schema.ConfigError naming the field."""
 
     @classmethod
+    def provides(cls, task) -> frozenset[str]:
+        """What a job of this task offers a quantizer to act through; a submission whose `needs` are
+        not all here is not applicable to it (vqbench.runner.not_applicable). Known names:
+        `trainable_encoder` (the encoder has parameters the quantizer's gradient reaches)."""
+        return frozenset({"trainable_encoder"})
+
+    @classmethod
     @abc.abstractmethod
     def build(cls, task, seed: int, device: torch.device) -> Setup:
         """Data, encoder/decoder, loss and metric context for one job (seeded by `seed`); every family

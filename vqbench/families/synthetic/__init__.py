@@ -142,6 +142,11 @@ class Synthetic(Family):
                               f"{task.data.ambient_dim} through", "make quantizer.dim equal data.ambient_dim")
 
     @classmethod
+    def provides(cls, task) -> frozenset[str]:
+        # an identity encoder has no parameters: a method that only changes the encoder's gradient is plain VQ here
+        return frozenset() if task.model.encoder == "identity" else frozenset({"trainable_encoder"})
+
+    @classmethod
     def build(cls, task, seed: int, device: torch.device) -> Setup:
         data, model, dim = task.data, task.model, task.quantizer.dim
         dist = Distribution(data)
