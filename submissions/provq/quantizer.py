@@ -1,23 +1,40 @@
 """Progressive quantization (ProVQ): Zhao, Zou, Lin, Liu, "Mitigating Premature Discretization with
-Progressive Quantization for Robust Vector Tokenization", 2026 (arXiv 2603.22304).
+Progressive Quantization for Robust Vector Tokenization", 2026 (arXiv 2603.22304; ICML format).
+No official code release was found (GitHub index searched for the title, arXiv id and "ProVQ").
 
-The paper's point: discretizing from step 0 forces the codebook onto latents before the encoder
-has found the data manifold ("premature discretization"); instead, treat quantization hardness
-as a curriculum that goes from continuous to discrete. Here the output is
+What the paper states (abstract and introduction, the parts of the text that could be read here):
+discretizing from step 0 forces the codebook onto latents before the encoder has captured the data
+manifold ("premature discretization"); ProVQ makes "quantization hardness" a function of training
+progress and anneals smoothly "from a continuous latent space to a discrete one", so the codebook
+settles on the expanded manifold. Secondary summaries add: manifold warm-up is decoupled from
+discretization (continuous first), and the anneal is cosine-shaped.
 
-    z_out = (1 - h) z + h q,     q = nearest code, h = hardness in [0, 1]
+NOT FROM THE PAPER'S EQUATIONS: the method section (its parameterization, schedule, equation
+numbers, defaults and losses) was not readable from this project's sources, so no equation number
+is cited and every formula below is this benchmark's reading, chosen as the closest to the text:
 
-with the straight-through gradient to z on both terms and VQ-VAE's codebook + commitment loss
-(beta 0.25) from the start, so the codebook tracks the encoder while the decoder still sees
-(mostly) continuous latents. The exact form of the paper's hardness curriculum is not reproduced
-here; the schedule below is our choice:
+  (a) Parameterization: z_out = (1 - h) z + h q, q = nearest code, h in [0, 1]. The text says the
+      latent space itself goes from continuous to discrete; this is the one-parameter path whose
+      endpoints are exactly the encoder's continuous latent (h = 0) and the VQ output (h = 1). A
+      softmax-temperature relaxation was not chosen: its soft end is a mean of codes, not the
+      continuous latent. A per-token random mask (quantize a fraction h of tokens) has the same
+      endpoints and is not excluded by the readable text; the deterministic blend is "smooth".
+  (b) Schedule: h(t) = (1 - cos(pi t / T_a)) / 2 for t < T_a = anneal_fraction * total_steps, then
+      h = 1. Cosine as the summaries report; its flat start keeps the first steps near-continuous
+      (h < 0.1 for the first 20% of the anneal), i.e. continuous first. h(0) = 0 and h = 1 at the
+      end are the text's endpoints. anneal_fraction = 0.5 is ours: the decoder then trains on
+      exactly the hard codes it is scored on for the second half (no train/eval gap at scoring).
+  (c) Gradients and losses: the gradient to z is the identity at every h (straight-through on the
+      q term, van den Oord et al. 2017), and VQ-VAE's codebook + commitment loss (beta 0.25, eq. 3
+      of that paper) applies from step 0, so the codebook tracks the encoder while the decoder still
+      sees (mostly) continuous latents. The reconstruction loss reaches the codebook only through
+      that codebook loss, as in plain VQ.
+  (d) Codebook init: uniform, as the `vq` baseline, so the schedule is the only difference.
 
-    h(t) = (1 - cos(pi * t / T_a)) / 2  for t < T_a = anneal_fraction * total_steps,  1 after.
-
-Why this shape: it starts flat (the encoder organizes the latent space almost undisturbed), ends
-flat (a gentle hand-off, no jump in the decoder's input distribution), and reaches h = 1 at half
-of training so that the decoder trains on exactly the hard codes it will see at evaluation for
-the remaining steps (no train/eval gap). In eval mode the output is always fully hard.
+Progress comes from the harness: the train loop calls schedule(step, total_steps) before every
+step, so h is a pure function of (step, total_steps); `hardness` is a buffer only so a saved
+state carries it. Eval mode is always fully hard (h = 1) and z_q is the code vector bit-exactly,
+because the harness scores eval from decode(codes): any blending exists in training only.
 """
 import math
 
@@ -33,11 +50,12 @@ class ProVQ(Quantizer):
         super().__init__(dim, codebook_size)
         self.beta, self.anneal_fraction = beta, anneal_fraction
         self.embed = nn.Parameter(uniform_init(codebook_size, dim))  # as `vq`, to isolate the schedule
-        # a buffer so a resumed checkpoint keeps its place in the curriculum; 1 (plain VQ) until
-        # schedule() is first called
+        # set from (step, total_steps) by schedule(); a buffer only so saved state carries it.
+        # 1 (plain VQ) until schedule() is first called
         self.register_buffer("hardness", torch.tensor(1.0))
 
     def schedule(self, step: int, total_steps: int) -> None:
+        """Reading (b) of the module docstring: cosine 0 -> 1 over the first anneal_fraction, then 1."""
         anneal_steps = self.anneal_fraction * total_steps
         t = min(step / anneal_steps, 1.0) if anneal_steps > 0 else 1.0
         self.hardness.fill_(0.5 * (1.0 - math.cos(math.pi * t)))
