@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,13 +16,15 @@ import scipy.stats
 import torch
 import torch.nn.functional as F
 
-from vqbench.contract import Quantizer
+from vqbench.contract import Quantizer, QuantizerOutput
 from vqbench.enforce import check_rate
+from vqbench.families import Setup
 from vqbench.families.image.data import uint8_to_float
 from vqbench.families.image.metrics import LPIPS, PSNR, SSIM, InceptionMetrics, LPIPSMetric, frechet_distance
 from vqbench.families.synthetic import DistortionRatio
 from vqbench.kmeans import cached_kmeans_mse, kmeans, kmeans_plus_plus, lloyd
-from vqbench.metrics import (METRICS, CodeUsage, LatentRank, MeanSquaredError, QuantizationError,
+from vqbench.stages import decode, encode, evaluate
+from vqbench.metrics import (METRICS, CodebookRank, CodeUsage, LatentRank, MeanSquaredError, QuantizationError,
                              effective_rank)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -43,14 +46,14 @@ def usage(codes: torch.Tensor, k: int, depth: int = 1, batches: int = 1) -> dict
 def test_code_usage_by_hand():
     # K = 4, codes 0 0 1 2: code 3 is dead; p = (1/2, 1/4, 1/4), H = 1.5 ln 2, perplexity 2^1.5
     got = usage(torch.tensor([[0, 0], [1, 2]]), 4, batches=2)
-    assert got == approx({"utilization": 0.75, "perplexity": 2 ** 1.5, "perplexity_ratio": 2 ** 1.5 / 4,
-                          "dead_codes": 1.0})
+    assert got == approx({"utilization": 0.75, "emitted_codes": 4.0, "perplexity": 2 ** 1.5,
+                          "perplexity_ratio": 2 ** 1.5 / 4, "dead_codes": 1.0})
 
 
 def test_code_usage_of_joint_symbols_by_hand():
     """depth 2, K = 3: 9 joint symbols; (1, 0) and (0, 1) are different symbols, not the same code twice."""
     codes = torch.tensor([[[0, 0], [1, 0], [0, 1], [0, 1]]])
-    assert usage(codes, 3, depth=2) == approx({"utilization": 3 / 9, "perplexity": 2 ** 1.5,
+    assert usage(codes, 3, depth=2) == approx({"utilization": 3 / 9, "emitted_codes": 9.0, "perplexity": 2 ** 1.5,
                                                "perplexity_ratio": 2 ** 1.5 / 9, "dead_codes": 6.0})
 
 
@@ -63,8 +66,25 @@ def test_code_usage_matches_scipy_entropy(depth):
     _, counts = np.unique(rows, axis=0, return_counts=True)
     symbols = k ** depth
     assert usage(codes, k, depth, batches=3) == approx({
-        "utilization": len(counts) / symbols, "perplexity": math.exp(scipy.stats.entropy(counts)),
+        "utilization": len(counts) / symbols, "emitted_codes": symbols, "perplexity": math.exp(scipy.stats.entropy(counts)),
         "perplexity_ratio": math.exp(scipy.stats.entropy(counts)) / symbols, "dead_codes": symbols - len(counts)})
+
+
+def test_code_usage_is_normalized_by_the_task_k_not_by_the_emitted_codes():
+    """An FSQ-like quantizer emitting 1,000 codes at K = 4,096 (levels 10 x 10 x 10) and using all of
+    them uses 1000/4096 of the rate it was granted, not 100%; the 3,096 codes it cannot emit are dead."""
+    codes = torch.arange(1000).repeat(3).view(3, 1000)
+    assert usage(codes, 1000, batches=3)["utilization"] == 1.0  # over the emitted codes: what was reported before
+    metric = CodeUsage(1000, 1, k=4096)
+    metric.update(codes)
+    assert metric.compute() == approx({"utilization": 1000 / 4096, "emitted_codes": 1000.0, "perplexity": 1000.0,
+                                       "perplexity_ratio": 1000 / 4096, "dead_codes": 3096.0})
+    two_levels = CodeUsage(8, 2, k=256)  # residual VQ, 2 x 3 bits at a budget of 8 bits
+    two_levels.update(torch.tensor([[[0, 0], [7, 7]]]))
+    assert two_levels.compute() == approx({"utilization": 2 / 256, "emitted_codes": 64.0, "perplexity": 2.0,
+                                           "perplexity_ratio": 2 / 256, "dead_codes": 254.0})
+    with pytest.raises(ValueError, match="exceed K"):
+        CodeUsage(64, 2, k=1024)
 
 
 def test_bits_per_token_is_depth_times_log2_codebook_size():
@@ -113,31 +133,132 @@ def test_effective_rank_and_streamed_latent_rank_match_numpy_svd():
     assert latent.compute() == approx(expected, rel=1e-6)
 
 
+def test_codebook_rank_counts_used_codes_weighted_by_usage_not_dead_codes():
+    """64 random codes in R^8 of which the 4 in use lie on a line: the whole codebook has effective
+    rank near 8 (what an untouched random init scored before issue 9), the codes in use rank 1."""
+    gen = torch.Generator().manual_seed(3)
+    book = torch.randn(64, 8, generator=gen)
+    book[:4] = torch.tensor([-1.0, 0.5, 2.0, 3.0]).unsqueeze(1) * torch.randn(8, generator=gen) + 1.5
+    codes = torch.repeat_interleave(torch.arange(4), torch.tensor([10, 20, 30, 40])).view(2, 50)
+    rank = CodebookRank(8)
+    for batch in codes:
+        rank.update(book[batch].unsqueeze(0))  # decode(codes), streamed per batch as evaluation does
+    assert rank.compute() == approx(1.0, rel=1e-5)  # float32 rounding of the line adds ~1e-6
+    assert effective_rank(book) > 6
+
+
+def test_codebook_rank_weights_each_used_code_by_its_count():
+    gen = torch.Generator().manual_seed(4)
+    book = torch.randn(32, 5, generator=gen) * torch.tensor([4.0, 2, 1, 0.5, 0.25])
+    counts = torch.tensor([1, 50, 3, 7, 200, 9, 30, 2, 80, 5])  # codes 0..9 used, unevenly; 10..31 dead
+    codes = torch.repeat_interleave(torch.arange(10), counts)
+    rank = CodebookRank(5)
+    rank.update(book[codes].unsqueeze(0))
+    weighted = numpy_effective_rank(np.repeat(book[:10].double().numpy(), counts.numpy(), axis=0))
+    assert rank.compute() == approx(weighted, rel=1e-6)
+    assert abs(weighted - numpy_effective_rank(book[:10].double().numpy())) > 0.05  # the weights matter here
+
+
 # ----------------------------------------------------------------------- distortion and error
 
+def numpy_affine_error(z: np.ndarray, z_hat: np.ndarray) -> float:
+    """1 - adjusted R^2 of the least-squares affine fit of z on z_hat, with numpy's lstsq."""
+    n = len(z)
+    regressors = np.c_[z_hat, np.ones(n)]
+    coef, *_ = np.linalg.lstsq(regressors, z, rcond=None)
+    residual = ((z - regressors @ coef) ** 2).sum()
+    rank = np.linalg.matrix_rank(z_hat - z_hat.mean(0)) if n > 1 else 0
+    return (residual / (n - rank - 1)) / (((z - z.mean(0)) ** 2).sum() / (n - 1))
+
+
+def quantization_error(z: torch.Tensor, z_hat: torch.Tensor, batches: int = 1) -> float:
+    q = QuantizationError(z.shape[-1])
+    for a, b in zip(z.chunk(batches), z_hat.chunk(batches)):  # streamed, as evaluation feeds it
+        q.update(a, b)
+    return q.compute()
+
+
 def test_quantization_error_by_hand():
-    z = torch.tensor([[[0.0], [2.0]]])  # mean 1, spread sum |z - mean|^2 = 2
-    for z_hat, expected in [(torch.tensor([[[1.0], [1.0]]]), 1.0),  # as bad as the mean
-                            (z + 0.5, 0.25),  # error 2 x 0.25 over spread 2
-                            (z, 0.0)]:
+    """z = 0 1 2 3 quantized to two codes at their means 0.5 and 2.5: residual 4 x 0.25 = 1 with
+    n - r - 1 = 2 degrees of freedom, spread 5 with n - 1 = 3: error (1/2) / (5/3) = 0.3."""
+    z = torch.tensor([[[0.0], [1.0], [2.0], [3.0]]])
+    means = torch.tensor([[[0.5], [0.5], [2.5], [2.5]]])
+    for z_hat in (means,
+                  -10 * means + 7,  # the same codes decoded into another space (FSQ/LFQ/Gumbel do)
+                  torch.tensor([[[0.0], [0.0], [3.0], [3.0]]])):  # codes off their means: affine absorbs it
         for shift in (0.0, 100.0):  # shift-invariant
-            q = QuantizationError(1)
-            q.update(z + shift, z_hat + shift)
-            assert q.compute() == approx(expected)
-    constant = QuantizationError(1)
-    constant.update(torch.ones(1, 3, 1), torch.zeros(1, 3, 1))
-    assert constant.compute() == math.inf  # no spread to compare with
+            assert quantization_error(z + shift, z_hat + shift, batches=1) == approx(0.3)
+    assert quantization_error(z, torch.full_like(z, 5.0)) == approx(1.0)  # one code: as bad as the mean
+    assert quantization_error(z, z) == approx(0.0)
+    assert quantization_error(torch.ones(1, 3, 1), torch.zeros(1, 3, 1)) == math.inf  # no spread to compare with
+    assert quantization_error(z[:, :2], z[:, :2]) == math.inf  # 2 points, 1 regressor: no residual freedom
 
 
-def test_quantization_error_streamed_matches_numpy():
+def test_quantization_error_streamed_matches_numpy_lstsq():
     gen = torch.Generator().manual_seed(2)
     z = torch.randn(4, 25, 3, generator=gen) * 2 + 1
-    z_hat = z + 0.3 * torch.randn(z.shape, generator=gen)
-    q = QuantizationError(3)
-    for a, b in zip(z, z_hat):
-        q.update(a.unsqueeze(0), b.unsqueeze(0))
-    zn, hn = z.reshape(-1, 3).double().numpy(), z_hat.reshape(-1, 3).double().numpy()
-    assert q.compute() == approx(((zn - hn) ** 2).sum() / ((zn - zn.mean(0)) ** 2).sum(), rel=1e-9)
+    flat = z.reshape(-1, 3).double().numpy()
+    for z_hat in (z + 0.3 * torch.randn(z.shape, generator=gen),  # full rank
+                  z[..., :2].round().double() @ torch.randn(2, 3, generator=gen).double()):  # rank 2 in R^3
+        expected = numpy_affine_error(flat, z_hat.reshape(-1, 3).double().numpy())
+        assert quantization_error(z, z_hat, batches=4) == approx(expected, rel=1e-9)
+
+
+def test_quantization_error_of_centroid_codes_is_the_plain_ratio():
+    """Nearest-code VQ whose codes are the means of their latents (k-means): the fitted map is the
+    identity, so the error is sum |z - z_hat|^2 / sum |z - mean z|^2 times (n - 1) / (n - r - 1)."""
+    gen = torch.Generator().manual_seed(5)
+    z = torch.randn(1, 400, 4, generator=gen, dtype=torch.float64)  # exact cell means
+    centroids, assign = scipy.cluster.vq.kmeans2(z[0].double().numpy(), 12, minit="++", seed=0)
+    labels = torch.from_numpy(assign)
+    cells = torch.stack([z[0][labels == k].mean(0) for k in range(12)])  # the means of the cells
+    z_hat = cells[labels].unsqueeze(0)
+    plain = float((z - z_hat).square().sum() / (z - z.mean(1)).square().sum())
+    assert quantization_error(z, z_hat) == approx(plain * 399 / (400 - 4 - 1), rel=1e-9)
+
+
+class FSQLike(Quantizer):
+    """Levels 10 x 10 x 10 (1,000 codes) on z in [0, 10)^3, decoded through a fixed invertible map
+    into a space of its own, as FSQ's project_out does: declares 1,000 codes at K = 4,096."""
+
+    def __init__(self, dim: int, codebook_size: int):
+        super().__init__(dim, codebook_size)
+        self.codebook_size = 1000
+        self.register_buffer("out", torch.tensor([[2.0, -1.0, 0.5], [0.3, 1.5, -2.0], [1.0, 1.0, 1.0]]))
+
+    def forward(self, z):
+        digits = z.floor().clamp(0, 9).long()
+        codes = digits[..., 0] + 10 * digits[..., 1] + 100 * digits[..., 2]
+        return QuantizerOutput(self.decode(codes), codes)
+
+    def decode(self, codes):
+        digits = torch.stack([codes % 10, codes // 10 % 10, codes // 100], -1).float()
+        return digits @ self.out - 4.0
+
+
+def test_implicit_codebook_through_the_evaluation():
+    """The scoring stage on an FSQ-like quantizer: usage over the task's K, its emitted codes beside
+    them, the codebook rank of what it decodes, and an error that its own output space does not
+    inflate (the plain |z - z_hat|^2 ratio is far above 1 here)."""
+    gen = torch.Generator().manual_seed(6)
+    centres = torch.cartesian_prod(*[torch.arange(10.0)] * 3).flip(-1) + 0.5  # every cell once
+    z = (centres.repeat(2, 1) + (torch.rand(2000, 3, generator=gen) - 0.5) * 0.5).view(4, 1, 500, 3)  # 4 batches
+    identity = torch.nn.Identity()
+    setup = Setup(encoder=identity, decoder=identity, train_batches=iter(()), eval_batches=lambda: iter(z),
+                  reconstruction_loss=torch.nn.functional.mse_loss)
+    task = SimpleNamespace(quantizer=SimpleNamespace(dim=3, codebook_size=4096), metrics=())
+    q = FSQLike(3, 4096).eval()
+    size, depth = check_rate(q, 4096)
+    codes = encode(setup, q, task, size, depth)
+    metrics, _ = evaluate(setup, task, {}, codes, decode(q, task, codes, size, depth), size, depth)
+    assert (size, depth) == (1000, 1)
+    assert {k: metrics[k] for k in ("utilization", "emitted_codes", "dead_codes", "perplexity_ratio")} == approx(
+        {"utilization": 1000 / 4096, "emitted_codes": 1000.0, "dead_codes": 3096.0, "perplexity_ratio": 1000 / 4096})
+    flat, decoded = z.reshape(-1, 3).double().numpy(), q.decode(torch.cat(codes).reshape(-1)).double().numpy()
+    assert metrics["codebook_rank"] == approx(numpy_effective_rank(decoded), rel=1e-6)
+    assert metrics["quantization_error"] == approx(numpy_affine_error(flat, decoded), rel=1e-6)
+    assert metrics["quantization_error"] < 0.01  # the cells are 1 wide, the noise 0.5: what is lost is small
+    assert ((flat - decoded) ** 2).sum() / ((flat - flat.mean(0)) ** 2).sum() > 1  # the plain ratio is not
 
 
 def test_mse_is_the_mean_over_elements_not_over_batches_or_rows():
@@ -399,7 +520,8 @@ def test_flat_grey_scores_clearly_worse_than_a_real_reconstruction(lite_photos):
 KNOWN_VALUES = {
     "utilization": test_code_usage_by_hand, "perplexity": test_code_usage_by_hand,
     "perplexity_ratio": test_code_usage_of_joint_symbols_by_hand, "dead_codes": test_code_usage_by_hand,
-    "codebook_rank": test_effective_rank_by_hand, "latent_rank": test_effective_rank_and_streamed_latent_rank_match_numpy_svd,
+    "emitted_codes": test_code_usage_is_normalized_by_the_task_k_not_by_the_emitted_codes,
+    "codebook_rank": test_codebook_rank_counts_used_codes_weighted_by_usage_not_dead_codes, "latent_rank": test_effective_rank_and_streamed_latent_rank_match_numpy_svd,
     "quantization_error": test_quantization_error_by_hand, "bits_per_token": test_bits_per_token_is_depth_times_log2_codebook_size,
     "mse": test_mse_is_the_mean_over_elements_not_over_batches_or_rows,
     "distortion_ratio": test_distortion_ratio_is_mse_over_the_reference,

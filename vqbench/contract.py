@@ -39,7 +39,8 @@ class Quantizer(torch.nn.Module, abc.ABC):
     Subclasses call `super().__init__(dim, codebook_size)` and may then overwrite
     `self.codebook_size` and `self.depth` with what they really emit (e.g. FSQ uses the product
     of its levels, residual VQ uses `depth` levels of a smaller codebook): the harness reads them
-    back to compute bits per token and checks them against the task's budget.
+    back to compute bits per token and the emitted codes (codebook_size^depth) and checks them
+    against the task's budget. Code usage is normalized by the task's K, not by them.
     """
 
     def __init__(self, dim: int, codebook_size: int, **params):

@@ -91,17 +91,26 @@ def build_metrics(names: Sequence[str], ctx: MetricContext) -> dict[str, object]
     return {name: METRICS[name].factory(ctx) for name in names}
 
 
-register_metric("utilization", True, "distinct codes used on the eval set / K", ".1%")
+# Code usage is normalized by the task's K (the rate it grants, log2 K bits per token), not by the
+# codes a quantizer chooses to emit: an FSQ that emits 1,000 codes at K = 4,096 uses a quarter of
+# the budget, not all of it. `emitted_codes` says how many it can emit.
+register_metric("utilization", True, "distinct codes used on the eval set / K (the task's K, the rate it grants, "
+                "not the codes the quantizer emits)", ".1%")
+register_metric("emitted_codes", True, "codes the quantizer can emit: codebook_size^depth as it declares them "
+                "(<= K; below K it leaves rate unused)", ".0f", label="emitted codes")
 register_metric("perplexity", True, "exp(entropy) of the eval code histogram", ".1f")
-register_metric("perplexity_ratio", True, "perplexity / K", ".1%", label="perplexity/K")
-register_metric("dead_codes", False, "codes never used on the eval set", ".0f", label="dead codes")
-register_metric("codebook_rank", True, "effective rank (Roy & Vetterli) of the centred codebook", ".2f",
+register_metric("perplexity_ratio", True, "perplexity / K (the task's K)", ".1%", label="perplexity/K")
+register_metric("dead_codes", False, "of the task's K codes, those never used on the eval set (codes the quantizer "
+                "cannot emit count as dead)", ".0f", label="dead codes")
+register_metric("codebook_rank", True, "effective rank (Roy & Vetterli) of the code vectors in use, weighted by "
+                "usage (decode(codes) over the eval tokens, centred); dead codes do not count", ".2f",
                 label="codebook rank")
 register_metric("latent_rank", True, "effective rank of the centred encoder latents", ".2f", label="latent rank")
-register_metric("quantization_error", False, "sum |z - decode(codes)|^2 / sum |z - mean z|^2", ".4f",
-                label="quant. error")
+register_metric("quantization_error", False, "share of the latent variance no affine map of decode(codes) recovers "
+                "(1 - adjusted R^2): comparable where decode has a space of its own (FSQ, LFQ, Gumbel)",
+                ".4f", label="quant. error")
 register_metric("bits_per_token", False, "depth x log2(codebook size)", ".2f", label="bits/token")
-CODE_METRICS = ("utilization", "perplexity", "perplexity_ratio", "dead_codes", "codebook_rank",
+CODE_METRICS = ("utilization", "emitted_codes", "perplexity", "perplexity_ratio", "dead_codes", "codebook_rank",
                 "latent_rank", "quantization_error")
 
 
@@ -122,15 +131,24 @@ def effective_rank(matrix: Tensor) -> float:
 
 
 class CodeUsage(Metric):
-    """Histogram of emitted codes. Codes of depth > 1 count as one joint symbol per token."""
+    """Histogram of emitted codes. Codes of depth > 1 count as one joint symbol per token.
+
+    `codebook_size` and `depth` are what the quantizer declares (its codes lie in
+    [0, codebook_size)); `k` is the task's K, which utilization, perplexity/K and dead codes are
+    normalized by (default: codebook_size^depth). A quantizer emitting fewer than K codes (an FSQ
+    whose levels multiply to less than K) leaves part of the rate unused, and that shows.
+    """
 
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, codebook_size: int, depth: int = 1):
+    def __init__(self, codebook_size: int, depth: int = 1, k: int | None = None):
         super().__init__()
         self.codebook_size, self.depth = codebook_size, depth
         self.num_symbols = codebook_size ** depth
+        self.k = self.num_symbols if k is None else k
+        if self.num_symbols > self.k:
+            raise ValueError(f"{codebook_size}^{depth} codes exceed K = {self.k}: the rate check should have refused it")
         self.add_state("counts", torch.zeros(self.num_symbols, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, codes: Tensor) -> None:
@@ -145,10 +163,11 @@ class CodeUsage(Metric):
         perplexity = float(torch.exp(-(p * p.log()).sum()))
         used = int((self.counts > 0).sum())
         return {
-            "utilization": used / self.num_symbols,
+            "utilization": used / self.k,
+            "emitted_codes": float(self.num_symbols),
             "perplexity": perplexity,
-            "perplexity_ratio": perplexity / self.num_symbols,
-            "dead_codes": float(self.num_symbols - used),
+            "perplexity_ratio": perplexity / self.k,
+            "dead_codes": float(self.k - used),
         }
 
 
@@ -177,29 +196,73 @@ class LatentRank(Metric):
         return effective_rank_from_singular_values(eig.sqrt())  # singular values of centred data
 
 
+class CodebookRank(LatentRank):
+    """Effective rank of the code vectors in use, each weighted by how often it is used: the rank of
+    decode(codes) over the eval tokens, whose covariance is sum_k p_k (c_k - m)(c_k - m)^T with p_k
+    the usage share of code k and m = sum_k p_k c_k. Fed decode(codes) per batch (update(z_hat)).
+
+    The rank of the whole codebook counts dead codes: an untouched random init scores best while
+    one code in fifty is used (ema_vq on image lite, issue 9). Weighting by usage measures
+    embedding collapse in what the decoder actually receives; a code used once barely counts. It
+    needs no codebook(): the harness has decode(codes) of every code used, for every quantizer.
+    """
+
+
 class QuantizationError(Metric):
-    """sum |z - z_hat|^2 / sum |z - mean(z)|^2: shift-invariant, 0 = exact, 1 = as bad as the mean."""
+    """Share of the latent variance lost by quantization, comparable across codebook kinds:
+    1 - adjusted R^2 of the least-squares affine regression of z on z_hat = decode(codes),
+
+        min_{A, b} sum |z - A z_hat - b|^2 / (n - r - 1)   over   sum |z - mean z|^2 / (n - 1),
+
+    with r the rank of the centred z_hat (the regressors), streamed as sums in float64.
+
+    Why affine: implicit codebooks (FSQ, LFQ) and Gumbel decode through their own learned
+    projection into a space only the decoder reads, so |z - z_hat|^2 compares vectors in two
+    spaces. Every decoder's first layer is affine, so an affine map of z_hat costs it nothing: the
+    error is invariant to one. For nearest-code VQ whose codes are the means of their latents
+    (the k-means optimum, and where EMA/commitment drive them) the fitted map is the identity and
+    the error is sum |z - z_hat|^2 / sum |z - mean z|^2, up to the degrees-of-freedom factor. It is
+    bounded below by the within-code spread of z (the error of the best decoder of these codes).
+    The degrees of freedom (n - r - 1) remove the in-sample fit's bias, which grows with dim / n.
+    0 = z is recovered exactly, 1 = no better than the mean.
+    """
 
     higher_is_better = False
     full_state_update = False
+    RANK_RTOL = 1e-9  # eigenvalues below this x the largest are float32 rounding of a lower-rank z_hat
 
     def __init__(self, dim: int):
         super().__init__()
-        self.add_state("err", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("sq", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("total", torch.zeros(dim, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("n", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        for name, shape in [("sum_z", (dim,)), ("sum_h", (dim,)), ("sq_z", ()), ("hh", (dim, dim)),
+                            ("hz", (dim, dim)), ("n", ())]:
+            self.add_state(name, torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, z: Tensor, z_hat: Tensor) -> None:
-        z, z_hat = z.detach().double().reshape(-1, z.shape[-1]), z_hat.detach().double().reshape(-1, z.shape[-1])
-        self.err += ((z - z_hat) ** 2).sum()
-        self.sq += (z ** 2).sum()
-        self.total += z.sum(0)
+        z, h = z.detach().double().reshape(-1, z.shape[-1]), z_hat.detach().double().reshape(-1, z.shape[-1])
+        self.sum_z += z.sum(0)
+        self.sum_h += h.sum(0)
+        self.sq_z += (z ** 2).sum()
+        self.hh += h.T @ h
+        self.hz += h.T @ z
         self.n += z.shape[0]
 
     def compute(self) -> float:
-        spread = self.sq - (self.total ** 2).sum() / self.n
-        return float(self.err / spread) if spread > 0 else math.inf
+        n = float(self.n)
+        mean_z, mean_h = self.sum_z / n, self.sum_h / n
+        total = float(self.sq_z - n * (mean_z ** 2).sum())  # sum |z - mean z|^2
+        s_hh = self.hh - n * torch.outer(mean_h, mean_h)  # centred scatter of z_hat
+        s_hz = self.hz - n * torch.outer(mean_h, mean_z)
+        eig, vec = torch.linalg.eigh((s_hh + s_hh.T) / 2)
+        top = float(eig.max())
+        keep = eig > self.RANK_RTOL * top if top > 0 else torch.zeros_like(eig, dtype=torch.bool)
+        # explained sum of squares of the least-squares fit: tr(S_zh S_hh^+ S_hz), in z_hat's eigenbasis
+        proj = vec[:, keep].T @ s_hz
+        explained = float(((proj ** 2).sum(1) / eig[keep]).sum())
+        rank = int(keep.sum())
+        if total <= 0 or n - rank - 1 <= 0:
+            return math.inf  # no spread to compare with, or no residual degrees of freedom
+        residual = max(total - explained, 0.0)
+        return (residual / (n - rank - 1)) / (total / (n - 1))
 
 
 class MeanSquaredError(Metric):

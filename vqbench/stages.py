@@ -26,8 +26,8 @@ from torch import Tensor
 
 from vqbench.enforce import JobFailure, check_output, check_rate, decode_table, decode_tuples
 from vqbench.families import Batch, DataError, EvalBatch, get_family
-from vqbench.metrics import (METRICS, CodeUsage, LatentRank, MetricContext, MetricUnavailable, QuantizationError,
-                             build_metrics, effective_rank)
+from vqbench.metrics import (METRICS, CodebookRank, CodeUsage, LatentRank, MetricContext, MetricUnavailable,
+                             QuantizationError, build_metrics)
 from vqbench.ops import code_index
 from vqbench.sandbox import is_out_of_memory, memory_limit_gb, send_blob
 from vqbench.schema import ConfigError
@@ -122,8 +122,8 @@ def train_and_encode(submission, task, seed: int, emit) -> dict:
 
 @torch.no_grad()
 def decode(quantizer, task, codes: list[Tensor], size: int, depth: int) -> dict:
-    """{"index": None (the full table) or the sorted joint codes decoded, "vectors": their vectors,
-    "codebook": codebook() or None}, from a quantizer that loaded the trained state."""
+    """{"index": None (the full table) or the sorted joint codes decoded, "vectors": their vectors},
+    from a quantizer that loaded the trained state."""
     if check_rate(quantizer, task.quantizer.codebook_size, "decoding: ") != (size, depth):
         raise JobFailure(f"decoding: a quantizer loaded from its trained state declares codebook_size/depth "
                          f"{(quantizer.codebook_size, quantizer.depth)}, training declared {(size, depth)}")
@@ -133,14 +133,13 @@ def decode(quantizer, task, codes: list[Tensor], size: int, depth: int) -> dict:
     else:  # too many tuples for a table: the ones the eval pass emitted, each decoded twice
         index = torch.unique(torch.cat([code_index(c, size, depth).flatten() for c in codes]))
         vectors = decode_tuples(quantizer, index.to(device), size, depth, task.quantizer.dim)
-    book = quantizer.codebook()
-    return {"index": index, "vectors": vectors.cpu(), "codebook": book.detach().cpu() if isinstance(book, Tensor) else None}
+    return {"index": index, "vectors": vectors.cpu()}
 
 
 def decode_codes(submission, task, seed: int, quantizer_state: bytes, codes: bytes, size: int, depth: int,
                  emit) -> dict:
     """Stage 2. Sends "decoded": {"index": the joint code of each row or None (the full table),
-    "vectors": (n, dim), "codebook": codebook() or None}. Returns {} or {"error"}."""
+    "vectors": (n, dim)}. Returns {} or {"error"}."""
     try:
         seed_everything(seed)
         quantizer = submission.build(task.quantizer.dim, task.quantizer.codebook_size)
@@ -189,7 +188,10 @@ def evaluate(setup, task, fidelity: dict, all_codes: list, decoded: dict, size: 
     for module in (setup.encoder, setup.decoder):
         module.eval()
     index, vectors = decoded["index"], decoded["vectors"]
-    usage, latent_rank, qerr = CodeUsage(size, depth), LatentRank(task.quantizer.dim), QuantizationError(task.quantizer.dim)
+    dim = task.quantizer.dim
+    # normalized by the task's K, not by the size^depth codes the quantizer declares (<= K)
+    usage = CodeUsage(size, depth, task.quantizer.codebook_size)
+    latent_rank, code_rank, qerr = LatentRank(dim), CodebookRank(dim), QuantizationError(dim)
     batches = list(eval_batches(setup))
     if len(batches) != len(all_codes):
         raise JobFailure(f"evaluation: {len(all_codes)} batches of codes for {len(batches)} eval batches")
@@ -202,6 +204,7 @@ def evaluate(setup, task, fidelity: dict, all_codes: list, decoded: dict, size: 
         x_hat = setup.decoder(z_hat.to(z.dtype))
         usage.update(batch_codes)
         latent_rank.update(z.float().cpu())
+        code_rank.update(z_hat.float().cpu())  # the used code vectors, each as often as it is used
         qerr.update(z.float().cpu(), z_hat.float().cpu())
         for name in task.metrics:  # only what the task asks for: rFID is not free
             if METRICS[name].inputs == "eval":
@@ -210,7 +213,7 @@ def evaluate(setup, task, fidelity: dict, all_codes: list, decoded: dict, size: 
             else:
                 fidelity[name].update(x_hat.float(), batch.x)
     metrics = dict(usage.compute())
-    metrics["codebook_rank"] = effective_rank(decoded["codebook"]) if decoded["codebook"] is not None else None
+    metrics["codebook_rank"] = code_rank.compute()
     metrics["latent_rank"] = latent_rank.compute()
     metrics["quantization_error"] = qerr.compute()
     return finish(metrics, fidelity, task)
