@@ -2,32 +2,88 @@
 from __future__ import annotations
 
 import math
+import threading
 
+import faiss
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 
-@torch.no_grad()
-def nearest_code(z: Tensor, codebook: Tensor, budget: int = 2 ** 20) -> tuple[Tensor, Tensor]:
-    """Index of the nearest row of `codebook` (K, d) for each row of `z` (n, d), and its squared distance.
+# faiss's own switch between its kernels is per process; nearest_code sets it around each call
+# (under this lock, so concurrent calls cannot restore each other's value).
+_FAISS_LOCK = threading.Lock()
 
-    |z - c|^2 = |z|^2 - 2 z.c + |c|^2 computed with one addmm per chunk of rows: about twice as
-    fast as torch.cdist on CPU (bench/nearest_code.py). A chunk holds at most `budget` distances,
-    so memory stays bounded at K = 2^18 too.
+
+def _search_faiss(z: Tensor, codebook: Tensor) -> Tensor:
+    """Exact top-1 of float32 CPU rows with faiss's brute-force kernel (what IndexFlatL2.search runs,
+    without copying the codebook into an index).
+
+    Threads: faiss-cpu ships its own OpenMP runtime (and an OpenMP OpenBLAS), separate from torch's,
+    so torch.set_num_threads does not reach it. Unpinned it would use every core, oversubscribe a
+    shared machine and ignore the harness's one-thread-per-job rule (vqbench/sandbox.py), so it is
+    set to torch.get_num_threads() on every call (OpenMP keeps the setting per calling thread).
+    Kernel: below n * d = distance_compute_blas_threshold (128,000 in faiss 1.15) faiss scores one
+    query at a time, 2-20x slower than its blocked BLAS / fused top-1 kernels at the batch sizes of
+    training (bench/nearest_code.py); threshold 0 always takes the blocked kernels. They hold at most
+    4,096 queries x 1,024 codes of distances at a time, so memory does not grow with n x K.
     """
-    z = z.reshape(-1, codebook.shape[1])
+    with _FAISS_LOCK:
+        faiss.omp_set_num_threads(torch.get_num_threads())
+        saved = faiss.cvar.distance_compute_blas_threshold
+        faiss.cvar.distance_compute_blas_threshold = 0
+        try:
+            _, labels = faiss.knn(z.contiguous().numpy(), codebook.contiguous().numpy(), 1)
+        finally:
+            faiss.cvar.distance_compute_blas_threshold = saved
+    return torch.from_numpy(labels[:, 0]).clamp_min_(0)  # -1: no finite distance (NaN row) -> code 0
+
+
+def _search_torch(z: Tensor, codebook: Tensor, budget: int) -> Tensor:
+    """|z - c|^2 = |z|^2 - 2 z.c + |c|^2 ranked by |c|^2 - 2 z.c, one addmm per chunk of rows into
+    at most `budget` distances, so memory stays bounded at K = 2^18 too (any device, any dtype)."""
     chunk = max(1, budget // codebook.shape[0])
     c_sq = (codebook * codebook).sum(1)
     idx = torch.empty(z.shape[0], dtype=torch.long, device=z.device)
-    dist = torch.empty(z.shape[0], dtype=z.dtype, device=z.device)
     for start in range(0, z.shape[0], chunk):
-        block = z[start:start + chunk]
-        d = torch.addmm(c_sq, block, codebook.T, beta=1, alpha=-2)  # |c|^2 - 2 z.c
-        best, arg = d.min(1)
-        idx[start:start + chunk] = arg
-        dist[start:start + chunk] = (best + (block * block).sum(1)).clamp_min(0)
-    return idx, dist
+        d = torch.addmm(c_sq, z[start:start + chunk], codebook.T, beta=1, alpha=-2)
+        idx[start:start + chunk] = d.argmin(1)
+    return idx
+
+
+@torch.no_grad()
+def nearest_code(z: Tensor, codebook: Tensor, budget: int = 2 ** 20,
+                 backend: str | None = None) -> tuple[Tensor, Tensor]:
+    """Index of the nearest row of `codebook` (K, d) for each row of `z` (..., d) flattened to (n, d),
+    and its squared L2 distance (clamped >= 0, in z's dtype).
+
+    The search runs in float32 at least, whatever torch.autocast or the inputs' dtypes say: bf16
+    distances (8-bit mantissa) cannot separate the nearest codes at large K. float64 inputs search in
+    float64. On CPU float32 goes to faiss's exact brute force (deterministic, the same codes on any
+    thread count), at or above the speed of faiss IndexFlatL2 and of this module's earlier addmm
+    search (docs/performance.md); other devices and float64 use the chunked addmm search. A near-tie within float32 rounding of
+    |z|^2 - 2 z.c + |c|^2 may differ from a float64 search (docs/performance.md); exact ties
+    (duplicate codes) go to the lowest index on the torch path, to any copy on faiss's. The distance is recomputed directly as |z - c_idx|^2, so it is the same
+    on every path and has no cancellation error. `backend` ("faiss" or "torch") overrides the choice,
+    e.g. to test on CPU the path GPUs take; `budget` bounds the torch path's distance chunk.
+    """
+    z = z.detach().reshape(-1, codebook.shape[-1])
+    dtype = torch.promote_types(torch.promote_types(z.dtype, codebook.dtype), torch.float32)
+    with torch.autocast(z.device.type, enabled=False):
+        zs, cs = z.to(dtype), codebook.detach().to(device=z.device, dtype=dtype)
+        on_faiss = z.device.type == "cpu" and dtype == torch.float32
+        if backend not in (None, "faiss", "torch"):
+            raise ValueError(f"backend must be 'faiss', 'torch' or None, not {backend!r}")
+        if backend == "faiss" and not on_faiss:
+            raise ValueError(f"the faiss backend takes float32 CPU tensors, not {dtype} on {z.device}")
+        if z.shape[0] == 0 or cs.shape[0] == 1:  # nothing to rank (faiss needs n >= 1)
+            idx = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
+        elif backend == "faiss" or (backend is None and on_faiss):
+            idx = _search_faiss(zs, cs)
+        else:
+            idx = _search_torch(zs, cs, budget)
+        dist = ((zs - cs[idx]) ** 2).sum(1)
+    return idx, dist.to(z.dtype)
 
 
 def forward_as(value: Tensor, surrogate: Tensor) -> Tensor:

@@ -85,7 +85,7 @@ def git_state(root: str) -> dict[str, Any]:
 
 def package_versions() -> dict[str, str | None]:
     versions = {}
-    for name in ("torch", "ray", "torchmetrics", "numpy"):
+    for name in ("torch", "ray", "torchmetrics", "numpy", "faiss-cpu"):  # faiss-cpu: CPU nearest-code search
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
