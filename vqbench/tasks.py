@@ -24,6 +24,12 @@ from vqbench.paths import project_root
 from vqbench.schema import ConfigError, did_you_mean, from_dict, to_dict
 
 
+# Bump when a harness change moves the numbers of unchanged tasks and submissions (the nearest-code
+# search, a metric's definition, the k-means reference): every task hash changes, so every
+# committed result turns stale and `run` recomputes it. 2: faiss search, metrics normalised by K.
+HARNESS_NUMERICS = 2
+
+
 @dataclass
 class QuantizerSpec:
     dim: int  # code dimension the encoder emits and decode() returns
@@ -105,6 +111,7 @@ class Task:
             "id": self.id, "family": self.family, "version": self.version, "tier": self.tier,
             "quantizer": to_dict(self.quantizer), "train": to_dict(self.train),
             "data": to_dict(self.data), "model": to_dict(self.model), "metrics": list(self.metrics),
+            "harness": HARNESS_NUMERICS,
         }
 
     @cached_property
