@@ -1,12 +1,18 @@
 """One test per baseline of the property that defines it (the generic contract checks live in
 test_contract.py). Small sizes: the whole file runs in seconds on a CPU."""
+import dataclasses
 import math
+import tomllib
 
 import pytest
 import torch
 
 from vqbench.ops import nearest_code
+from vqbench.paths import project_root
+from vqbench.results import provenance
 from vqbench.submissions import get_submission
+from vqbench.tasks import get_task, list_tasks
+from vqbench.validate import smoke_task
 
 
 def build(name, dim=8, codebook_size=64, seed=0):
@@ -77,9 +83,9 @@ def test_simvq_trains_w_not_basis_and_moves_every_code():
     assert torch.equal(out.z_q.detach(), q.codebook().detach()[out.codes])
 
 
-def test_kmeans_vq_initializes_codebook_to_kmeans_centroids_of_first_batch():
+def test_kmeans_vq_initializes_codebook_to_kmeans_centroids_of_buffered_batches():
     from vqbench.kmeans import quick_kmeans
-    q = build("kmeans_vq", codebook_size=16)
+    q = build("kmeans_vq", codebook_size=16)  # init_multiple 4: k-means once 64 vectors are buffered
     random_init = q.codebook().clone()
     z = torch.cat([torch.randn(50, 8) + 4 * torch.randn(1, 8) for _ in range(4)]).view(2, 100, 8)
     q.train()
@@ -89,12 +95,30 @@ def test_kmeans_vq_initializes_codebook_to_kmeans_centroids_of_first_batch():
     assert torch.equal(q.codebook(), quick_kmeans(z, 16, iters=10))
     distortion = lambda cb: nearest_code(z.reshape(-1, 8), cb)[1].mean()
     assert distortion(q.codebook()) < 0.2 * distortion(random_init)
-    # with fewer vectors than codes it waits for more batches instead of duplicating centroids
-    q = build("kmeans_vq", codebook_size=64).train()
-    q(z[:1, :40])
-    assert not q.initialized
-    q(z[:1, 40:])
-    assert q.initialized and len(set(map(tuple, q.codebook().tolist()))) == 64
+
+
+def test_kmeans_vq_buffers_several_times_k_vectors_and_keeps_them_out_of_its_state():
+    from vqbench.kmeans import quick_kmeans
+    k = 64
+    q = build("kmeans_vq", codebook_size=k).train()
+    random_init = q.codebook().clone()
+    batches = [torch.randn(1, 40, 8) for _ in range(7)]  # 280 vectors: k-means at the 7th (>= 4 x 64)
+    for i, b in enumerate(batches[:6]):
+        out = q(b)
+        assert not q.initialized and torch.equal(q.codebook(), random_init)  # no EMA while buffering
+        assert torch.equal(out.codes.flatten(), nearest_code(b.reshape(-1, 8), random_init)[0])
+        assert not any(k_ in ("_seen",) for k_ in q.state_dict())  # buffered latents are not state
+    seen = torch.cat([b.reshape(-1, 8) for b in batches])
+    torch.manual_seed(3)
+    q(batches[6])
+    assert q.initialized and sum(map(len, q._seen)) == 0
+    torch.manual_seed(3)
+    assert torch.equal(q.codebook(), quick_kmeans(seen, k, iters=10))  # all 280 >= 4 x K vectors
+    assert len(set(map(tuple, q.codebook().tolist()))) == k
+    fresh = build("kmeans_vq", codebook_size=k, seed=1)
+    fresh.load_state_dict(q.state_dict())
+    codes = torch.randint(k, (2, 5))
+    assert torch.equal(fresh.decode(codes), q.decode(codes))
 
 
 def collapse(q, far=10.0):
@@ -124,6 +148,21 @@ def test_reset_vq_revives_dead_codes_from_collapsed_start():
     assert used["reset_vq"] > 0.5
 
 
+def test_reset_vq_is_not_capped_when_k_exceeds_the_batch():
+    # K = 2,048 codes, 256 tokens per step: the old per-batch rule ("EMA count < 1") re-seeded every
+    # code a batch cannot reach each step, capping utilization near 2 x 256 / 2,048 = 25%
+    torch.manual_seed(0)
+    centres = torch.randn(4096, 8)
+    data = lambda n: centres[torch.randint(4096, (n,))] + 0.05 * torch.randn(n, 8)
+    q = build("reset_vq", codebook_size=2048).train()
+    collapse(q)
+    for _ in range(300):
+        q(data(256).view(1, 256, 8))
+    util = eval_utilization(q, data(32768).view(8, -1, 8))
+    assert util > 0.75, util
+    assert (q.usage * 2048 >= q.threshold).float().mean() > 0.75  # most codes are no longer dead
+
+
 def test_provq_soft_early_hard_at_end_and_in_eval():
     q = build("provq").train()
     z = torch.randn(2, 30, 8)
@@ -144,12 +183,22 @@ def test_provq_soft_early_hard_at_end_and_in_eval():
     assert torch.equal(out.z_q, q.decode(out.codes))  # eval is hard whatever the schedule says
 
 
-def test_fsq_levels_follow_table_and_codes_are_a_bijection():
+def test_fsq_levels_fill_the_budget_of_every_task_k():
+    from vqbench.ops import FSQ_LEVELS
     fsq = get_submission("fsq").quantizer_class()
-    for k, levels in {2**8: [8, 6, 5], 2**10: [8, 5, 5, 5], 2**12: [8, 5, 5, 5], 4375: [7, 5, 5, 5, 5], 2**14: [8, 8, 8, 6, 5],
-                      2**16: [8, 8, 8, 5, 5, 5], 2**18: [8, 8, 8, 5, 5, 5], 3000: [8, 5, 5, 5]}.items():
+    expected = {2**8: [8, 6, 5], 2**10: [8, 5, 5, 5], 2**12: [8, 8, 8, 8], 2**13: [8, 8, 5, 5, 5],
+                2**14: [8, 8, 8, 6, 5], 2**16: [8, 8, 8, 5, 5, 5], 2**18: [8] * 6, 4375: [7, 5, 5, 5, 5],
+                3000: [8, 7, 7, 7], 16: [4, 4]}
+    for k, levels in expected.items():
         q = fsq(8, k)
         assert q.levels == levels and q.codebook_size == math.prod(levels) <= k
+    # the paper's table wherever its entry fits; exactly K where a grid of 5..8 levels reaches it
+    assert all(fsq(8, k).levels == v for k, v in FSQ_LEVELS.items() if math.prod(v) <= k)
+    assert fsq(8, 2**12).codebook_size == 2**12 and fsq(8, 2**18).codebook_size == 2**18
+    task_ks = {t.quantizer.codebook_size for t in list_tasks()} | {smoke_task().quantizer.codebook_size}
+    assert {256, 1024, 4096, 16384, 2**18} <= task_ks
+    for k in task_ks:  # never more than 0.1 bit of the budget left unused
+        assert k * 2 ** -0.1 <= fsq(8, k).codebook_size <= k, k
     q = build("fsq", dim=3, codebook_size=256)  # levels [8, 6, 5]; identity projection in
     with torch.no_grad():
         q.project_in.weight.copy_(torch.eye(3))
@@ -213,7 +262,7 @@ def test_rotation_vq_forward_is_nearest_code_but_gradient_is_rotated():
     assert torch.allclose(ratio, outs["vq"].z_q.norm(dim=-1) / z.norm(dim=-1), rtol=1e-4)
 
 
-def test_gumbel_vq_anneals_temperature_and_is_hard_in_eval():
+def test_gumbel_vq_anneals_temperature_and_trains_on_hard_samples():
     q = build("gumbel_vq").train()
     taus = []
     for step in range(0, 100, 10):
@@ -221,13 +270,28 @@ def test_gumbel_vq_anneals_temperature_and_is_hard_in_eval():
         taus.append(float(q.tau))
     assert taus[0] == pytest.approx(1.0) and taus[-1] == pytest.approx(1 / 16)
     assert all(a >= b for a, b in zip(taus, taus[1:])) and taus[2] < 1.0
-    z = torch.randn(2, 30, 8)
     q.schedule(0, 100)
-    soft = q(z).z_q
     rows = q.codebook().detach()
-    assert torch.cdist(soft.reshape(-1, 8), rows).min(1).values.max() > 1e-3  # relaxed: not a code
+    z = torch.randn(2, 30, 8, requires_grad=True)
+    torch.manual_seed(7)
+    out = q(z)
+    # training emits one code vector per token, the sampled one (straight-through, taming's default)
+    assert torch.equal(out.z_q.detach(), rows[out.codes])
+    assert not torch.equal(out.codes, q.proj(z).argmax(-1))  # sampled with Gumbel noise, not the mode
+    weights = torch.randn(2, 30, 8)
+    (out.z_q * weights).sum().backward()
+    # the same gradients as F.gumbel_softmax(hard=True) @ embed with the same noise
+    ref = build("gumbel_vq").train()
+    zz = z.detach().clone().requires_grad_()
+    torch.manual_seed(7)
+    one_hot = torch.nn.functional.gumbel_softmax(ref.proj(zz), tau=1.0, hard=True, dim=-1)
+    assert torch.equal(one_hot.argmax(-1), out.codes)
+    (one_hot @ ref.embed * weights).sum().backward()
+    assert torch.allclose(z.grad, zz.grad, atol=1e-5)
+    assert torch.allclose(q.proj.weight.grad, ref.proj.weight.grad, atol=1e-5)
+    assert torch.allclose(q.embed.grad, ref.embed.grad, atol=1e-5)
     out = q.eval()(z)
-    assert torch.equal(out.z_q, rows[q.proj(z).argmax(-1)])
+    assert torch.equal(out.z_q, rows[q.proj(z).argmax(-1)])  # eval: the mode, deterministic
 
 
 def test_cvq_moves_unused_codes_to_anchors():
@@ -290,3 +354,19 @@ def test_external_residual_vq_and_simvq_follow_the_contract():
     out = simvq.eval()(z)
     assert torch.equal(out.z_q, simvq.decode(out.codes))
     assert torch.equal(out.z_q.detach(), simvq.codebook()[out.codes])
+
+
+def test_external_submissions_pin_and_record_the_wrapped_library_version(tmp_path):
+    extra = tomllib.loads((project_root() / "pyproject.toml").read_text())["project"]["optional-dependencies"]["external"]
+    pin = next(r.split("==")[1] for r in extra if r.startswith("vector-quantize-pytorch=="))
+    for name in ("ext_vqpytorch_fsq", "ext_vqpytorch_rvq", "ext_vqpytorch_simvq"):
+        sub = get_submission(name)
+        assert sub.meta.requires == [f"vector_quantize_pytorch=={pin}"]  # the pin is hashed with the yaml
+    pytest.importorskip("vector_quantize_pytorch", reason="optional extra: pip install 'vqbench[external]'")
+    sub = get_submission("ext_vqpytorch_fsq")
+    assert sub.missing_requirements() == [] and sub.package_versions() == {"vector-quantize-pytorch": pin}
+    other = dataclasses.replace(sub, meta=dataclasses.replace(sub.meta, requires=["vector_quantize_pytorch==0.0.1"]))
+    assert other.missing_requirements() == ["vector_quantize_pytorch==0.0.1"]  # another version installed
+    prov = provenance(tmp_path, "h", get_task("synthetic/codebook-scaling@codebook_size=256"), "cpu", 1.0, "serial",
+                      sub.package_versions())
+    assert prov["packages"]["vector-quantize-pytorch"] == pin and "torch" in prov["packages"]

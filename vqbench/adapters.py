@@ -2,12 +2,12 @@
 
     entrypoint: vqbench.adapters:VectorQuantizePytorch
     params: {class: FSQ, kwargs: {...}}
-    requires: [vector_quantize_pytorch]
+    requires: [vector_quantize_pytorch==1.32.0]   # pinned: the version is part of the submission hash
 
 wraps lucidrains' vector-quantize-pytorch (https://github.com/lucidrains/vector-quantize-pytorch;
 tested with 1.32.0). Its classes return differently shaped tuples and decode through differently
 named methods; the adapter maps each onto the Quantizer contract and sizes it to the task the
-way the zoo does: FSQ levels from the FSQ paper's table (prod <= K), LFQ with floor(log2 K) bits,
+way the zoo does: FSQ levels from vqbench.ops.fsq_levels (prod <= K), LFQ with floor(log2 K) bits,
 ResidualVQ with `num_quantizers` levels of K^(1/depth) codes.
 """
 from __future__ import annotations

@@ -39,7 +39,8 @@ def failed_result(submission: Submission, task, seed: int, root: Path, reason: s
     return {"submission": submission.name, "task": task.id, "seed": seed, "status": "failed",
             "metrics": {}, "bits_per_token": None, "train": None,
             "error": {"reason": reason, "type": kind, "traceback": detail},
-            "provenance": provenance(root, submission.hash, task, "unknown", wall_time_s, executor)}
+            "provenance": provenance(root, submission.hash, task, "unknown", wall_time_s, executor,
+                                            submission.package_versions())}
 
 
 def _error_problem(value: Any) -> str | None:
@@ -99,7 +100,8 @@ def run_contained(submission: Submission, task, seed: int, root: Path, executor:
             error = {**outcome.value["error"], **({"output_tail": outcome.output_tail} if outcome.output_tail else {})}
             raise StageFailed({**base, "status": "failed", "metrics": {}, "bits_per_token": None, "train": None,
                                "error": error, "provenance": provenance(root, submission.hash, task, "unknown",
-                                                                        time.monotonic() - start, executor)})
+                                                                        time.monotonic() - start, executor,
+                                                                        submission.package_versions())})
         if missing := [b for b in BLOBS[target] if b not in outcome.blobs]:
             raise StageFailed(failed_result(submission, task, seed, root, f"bad result from the job's process "
                                             f"({name}): it sent no {', '.join(missing)}", "BadResult", executor,
@@ -127,7 +129,7 @@ def run_contained(submission: Submission, task, seed: int, root: Path, executor:
         result["metrics_unavailable"] = scored["unavailable"]
     phases.update({k: float(v) for k, v in {**trained["phases"], **scored["phases"]}.items()})
     result["provenance"] = provenance(root, submission.hash, task, str(pick_device()), time.monotonic() - start,
-                                      executor)
+                                      executor, submission.package_versions())
     result["provenance"].update(phases=_rounded(phases), confinement=_confinement(confinement))
     return result
 

@@ -1,6 +1,7 @@
 """Shared numeric kernels for quantizers and the harness."""
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 
@@ -173,15 +174,28 @@ def joint_codes(codebook_size: int, depth: int, device=None) -> Tensor:
 # FSQ (Mentzer et al. 2023, arXiv 2309.15505) table 1: recommended levels per target codebook size
 FSQ_LEVELS = {2 ** 8: [8, 6, 5], 2 ** 10: [8, 5, 5, 5], 2 ** 12: [7, 5, 5, 5, 5],
               2 ** 14: [8, 8, 8, 6, 5], 2 ** 16: [8, 8, 8, 5, 5, 5]}
+FSQ_LEVEL_RANGE = range(5, 9)  # every entry of the table uses 5 to 8 levels per channel
 
 
 def fsq_levels(codebook_size: int) -> list[int]:
-    """The largest FSQ_LEVELS entry with prod(levels) <= K, so FSQ never spends more bits than the
-    task allows. The table's sizes are approximate: 2^12 -> [7, 5, 5, 5, 5] is 4375 codes (12.1
-    bits), so K = 4096 gets [8, 5, 5, 5] (1000 codes). Below 2^8 (outside the paper's table)
-    floor(log2 K) bits are split over two channels, e.g. 16 -> [4, 4], 128 -> [16, 8]."""
-    fits = [levels for levels in FSQ_LEVELS.values() if math.prod(levels) <= codebook_size]
-    if fits:
-        return list(max(fits, key=math.prod))
-    bits = max(int(math.log2(codebook_size)), 1)
-    return [2 ** ((bits + 1) // 2), 2 ** (bits // 2)] if bits > 1 else [2]
+    """FSQ levels that fill the budget K without exceeding it (the rate is enforced: prod <= K).
+
+    K in the paper's table 1 with prod(entry) <= K: that entry (it leaves at most 0.1 bit unused:
+    240 of 256, 15,360 of 16,384). Any other K, including 2^12 whose entry [7, 5, 5, 5, 5] has 4,375
+    codes: the largest product <= K of levels in the table's range 5..8, fewest channels on ties
+    (4,096 -> [8, 8, 8, 8], 8,192 -> [8, 8, 5, 5, 5] = 8,000, 2^18 -> [8] * 6). Below 25 (no two
+    channels of >= 5 levels fit) floor(log2 K) bits are split over two channels, e.g. 16 -> [4, 4]."""
+    table = FSQ_LEVELS.get(codebook_size)
+    if table is not None and math.prod(table) <= codebook_size:
+        return list(table)
+    if codebook_size < FSQ_LEVEL_RANGE[0] ** 2:
+        bits = max(int(math.log2(codebook_size)), 1)
+        return [2 ** ((bits + 1) // 2), 2 ** (bits // 2)] if bits > 1 else [2]
+    best: list[int] = []
+    channels = 1
+    while FSQ_LEVEL_RANGE[0] ** channels <= codebook_size:
+        for levels in itertools.combinations_with_replacement(reversed(FSQ_LEVEL_RANGE), channels):
+            if math.prod(best) < math.prod(levels) <= codebook_size:  # strict: fewer channels win ties
+                best = list(levels)
+        channels += 1
+    return best

@@ -94,7 +94,9 @@ def package_versions() -> dict[str, str | None]:
 
 
 def provenance(root: Path, submission_hash: str, task, device: str, wall_time_s: float,
-               executor: str) -> dict[str, Any]:
+               executor: str, wrapped: dict[str, str | None] | None = None) -> dict[str, Any]:
+    """`wrapped`: versions of the packages the submission requires (Submission.package_versions),
+    recorded beside the harness's own in `packages`."""
     from vqbench import __version__
     return {
         "vqbench_version": __version__,
@@ -102,7 +104,7 @@ def provenance(root: Path, submission_hash: str, task, device: str, wall_time_s:
         "task_hash": task.hash,
         "task_version": task.version,
         "submission_hash": submission_hash,
-        "packages": package_versions(),
+        "packages": {**package_versions(), **(wrapped or {})},
         "python": platform.python_version(),
         "device": device,
         "host": socket.gethostname(),

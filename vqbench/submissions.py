@@ -15,6 +15,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from functools import cached_property
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,11 @@ class SubmissionMeta:
     authors: list[str] = field(default_factory=list)
     paper: str = ""  # URL of the paper the quantizer implements
     code: str = ""  # URL of the reference implementation
-    license: str = ""  # SPDX id of the submission's own code
+    license: str = ""  # SPDX id of the license of the code at `code` (NOASSERTION if it has none)
     params: dict[str, Any] = field(default_factory=dict)  # keyword arguments for the class
-    requires: list[str] = field(default_factory=list)  # optional extra packages (import names)
+    # optional extra packages: import names, each optionally pinned ("vector_quantize_pytorch==1.32.0").
+    # A pin is part of this file and so of the submission hash: results of another version are stale.
+    requires: list[str] = field(default_factory=list)
     # what a task must offer for the method to differ from plain VQ, e.g. [trainable_encoder] for a
     # method that only changes the encoder's gradient; tasks without it are "n/a", not run or ranked
     needs: list[str] = field(default_factory=list)
@@ -74,7 +77,21 @@ class Submission:
         return folder_hash(self.folder)
 
     def missing_requirements(self) -> list[str]:
-        return [m for m in self.meta.requires if importlib.util.find_spec(m) is None]
+        """The `requires` entries not satisfied here: not importable, or installed at another version."""
+        missing = []
+        for spec in self.meta.requires:
+            module, _, pin = spec.partition("==")
+            if importlib.util.find_spec(module) is None or (pin and installed_version(module) != pin):
+                missing.append(spec)
+        return missing
+
+    def package_versions(self) -> dict[str, str | None]:
+        """Installed version of every required package, by distribution name (for provenance)."""
+        versions = {}
+        for spec in self.meta.requires:
+            module = spec.partition("==")[0]
+            versions[distribution_name(module)] = installed_version(module)
+        return versions
 
     def quantizer_class(self) -> type[Quantizer]:
         file = self.folder / SUBMISSION_FILE
@@ -128,6 +145,18 @@ class Submission:
         except TypeError as e:
             raise ConfigError(self.folder / SUBMISSION_FILE, "params", str(e),
                               "pass only keyword arguments the class's __init__ accepts") from e
+
+
+def distribution_name(module: str) -> str:
+    """The installed distribution that provides import name `module` (the name itself if none does)."""
+    return (metadata.packages_distributions().get(module) or [module])[0]
+
+
+def installed_version(module: str) -> str | None:
+    try:
+        return metadata.version(distribution_name(module))
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def folder_hash(folder: Path) -> str:

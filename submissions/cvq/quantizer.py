@@ -1,5 +1,5 @@
 """CVQ-VAE, online clustered codebook: Zheng, Vedaldi, "Online Clustered Codebook", ICCV 2023
-(arXiv 2307.15139).
+(arXiv 2307.15139); official code github.com/lyndonzheng/CVQ-VAE (quantise.py, VectorQuantiser).
 
 A VQ-VAE (codebook + commitment 0.25, uniform(-1/K, 1/K) init) whose under-used codes are pulled
 toward anchors sampled from the current encoder outputs, instead of waiting for gradients that
@@ -10,8 +10,10 @@ never come. Each training step, with p_k the EMA (decay 0.99) of code k's share 
 so a dead code (p_k ~ 0) jumps almost entirely to its anchor a_k while a code used at its fair
 share 1/K is left untouched (alpha ~ e^-1000). Anchors are "closest": for each code, the batch
 feature most similar to it. Lookup uses cosine distance, the reference code's and README's
-setting (the released training command: --distance cos --anchor closest); its optional
-contrastive loss is off by default there and omitted here.
+setting (the released training command: --distance cos --anchor closest).
+
+Deviation: the optional contrastive loss (`contras_loss`, off by default in the reference) is
+omitted. Everything else follows VectorQuantiser with distance='cos', anchor='closest'.
 """
 import torch
 import torch.nn.functional as F

@@ -1,11 +1,18 @@
 """Finite scalar quantization: Mentzer, Minnen, Agustsson, Tschannen, "Finite Scalar Quantization:
-VQ-VAE Made Simple", ICLR 2024 (arXiv 2309.15505).
+VQ-VAE Made Simple", ICLR 2024 (arXiv 2309.15505); official code
+github.com/google-research/google-research/tree/master/fsq.
 
 Project the latent to d = len(levels) channels, bound channel i to L_i values with tanh, round
 (straight-through), and project back. The codebook is the implicit grid of prod(L_i) points:
-nothing to learn, nothing to collapse. Levels follow the paper's recommendations for each
-codebook size (table 1, see vqbench.ops.fsq_levels); the harness's `dim` is fixed, so FSQ brings
-its own dim -> d -> dim linear projections (as the paper does when the encoder width is not d).
+nothing to learn, nothing to collapse. The harness's `dim` is fixed, so FSQ brings its own
+dim -> d -> dim linear projections (as the paper does when the encoder width is not d).
+
+Levels (vqbench.ops.fsq_levels): the paper's table 1 entry where K is in the table and the entry
+fits in K; otherwise the densest grid of 5..8 levels per channel (the range the table uses) with
+prod <= K. Per task K: 256 [8, 6, 5] (240 codes), 1,024 [8, 5, 5, 5] (1,000), 4,096 [8, 8, 8, 8]
+(4,096; the table's [7, 5, 5, 5, 5] has 4,375 > K), 8,192 [8, 8, 5, 5, 5] (8,000), 16,384
+[8, 8, 8, 6, 5] (15,360), 65,536 [8, 8, 8, 5, 5, 5] (64,000), 2^18 [8, 8, 8, 8, 8, 8] (262,144).
+Deviation: the rate is enforced (prod <= K), so K = 4,096 cannot use the paper's 4,375-code entry.
 """
 import math
 
@@ -19,7 +26,7 @@ from vqbench.ops import forward_as, fsq_levels, usage_metrics
 class FSQ(Quantizer):
     def __init__(self, dim: int, codebook_size: int, levels: list[int] | None = None, eps: float = 1e-3):
         super().__init__(dim, codebook_size)
-        levels = list(levels) if levels else fsq_levels(codebook_size)  # paper's table, prod <= K
+        levels = list(levels) if levels else fsq_levels(codebook_size)  # prod <= K, see the docstring
         self.levels = levels
         self.codebook_size = math.prod(levels)  # what we really emit: prod(L_i) <= K
         if self.codebook_size > codebook_size:

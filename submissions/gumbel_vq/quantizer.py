@@ -1,11 +1,24 @@
-"""Gumbel-softmax quantizer, as in DALL-E's dVAE: Ramesh et al., "Zero-Shot Text-to-Image
-Generation", ICML 2021 (arXiv 2102.12092, section 2.1 and appendix A); module form of taming
-transformers' GumbelQuantize (Esser, Rombach, Ommer, arXiv 2012.09841).
+"""Gumbel-softmax quantizer with straight-through hard samples: Jang, Gu, Poole, "Categorical
+Reparameterization with Gumbel-Softmax", ICLR 2017 (arXiv 1611.01144, section 2.2, straight-through
+Gumbel-softmax), in the module form of taming transformers' GumbelQuantize (official code:
+github.com/CompVis/taming-transformers, taming/modules/vqvae/quantize.py; Esser, Rombach, Ommer,
+arXiv 2012.09841), with DALL-E's temperature endpoints (Ramesh et al., arXiv 2102.12092, section 2.1).
 
-A linear layer turns z into logits over the K codes; training uses the relaxed (soft) one-hot
-sample softmax((logits + Gumbel noise) / tau) times the codebook, with a KL term pulling the code
-distribution toward uniform; eval takes the hard argmax. The temperature tau is annealed from 1
-to 1/16 by schedule() (DALL-E's endpoints: at 1/16 the relaxed ELBO is close to the true one).
+A linear layer turns z into logits over the K codes. Training draws the hard one-hot sample
+argmax(logits + Gumbel noise), returns that code's vector in the forward pass and the gradient of
+the relaxed sample softmax((logits + g) / tau) in the backward pass (taming's default,
+`straight_through=True` -> `F.gumbel_softmax(..., hard=True)`), plus a KL term pulling the code
+distribution toward uniform. So the decoder trains on exactly the kind of vector it sees at eval:
+one code vector per token, and the code reported in training is the one sampled.
+
+Deviations:
+- Eval emits argmax(logits), the mode, without Gumbel noise (taming also samples in eval, with
+  `hard=True`): the contract wants eval codes to be a deterministic function of z.
+- DALL-E trains with the relaxed (soft) sample instead, a mixture of code vectors the decoder never
+  sees at eval; that was this submission's previous behaviour, replaced because of that mismatch.
+- tau: cosine from 1 to 1/16 (DALL-E's endpoints; taming also anneals tau on a cosine) over the
+  first half of training (DALL-E: its first 150k updates; our runs are far shorter).
+- kl_weight 5e-4: GumbelQuantize's default (taming's GumbelVQ model passes 1e-8).
 Training memory is tokens x K floats, a few GB at K = 2^18 with 1k tokens.
 """
 import math
@@ -40,17 +53,21 @@ class GumbelVQ(Quantizer):
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         logits = self.proj(z)
-        idx = logits.argmax(-1)
-        if not self.training:  # hard and deterministic: exactly decode(codes)
+        if not self.training:  # the mode, no noise: deterministic, and exactly decode(codes)
+            idx = logits.argmax(-1)
             return QuantizerOutput(self.embed[idx], idx, torch.zeros((), device=z.device), usage_metrics(idx, self.codebook_size))
-        soft = F.gumbel_softmax(logits, tau=float(self.tau), hard=False, dim=-1)
-        z_q = soft @ self.embed
+        # straight-through Gumbel-softmax, as F.gumbel_softmax(hard=True) @ embed computes it but with
+        # an exact forward value: the sampled code's vector (gradient to embed through that row), and
+        # the relaxed sample's gradient to the logits
+        gumbels = -torch.empty_like(logits).exponential_().log()
+        soft = F.softmax((logits + gumbels) / self.tau, -1)
+        idx = soft.detach().argmax(-1)  # the sampled code, reported as this step's code
+        z_q = self.embed[idx] + (soft - soft.detach()) @ self.embed.detach()
         # KL(q(c|z) || uniform) = sum q log(q K), averaged over tokens (taming's form)
         log_q = F.log_softmax(logits, -1)
         kl = (log_q.exp() * (log_q + math.log(self.codebook_size))).sum(-1).mean()
         metrics = usage_metrics(idx, self.codebook_size)
         metrics["tau"] = float(self.tau)
-        # codes = argmax of the logits (the code eval would emit), not of the noisy sample
         return QuantizerOutput(z_q, idx, self.kl_weight * kl, metrics)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,26 @@
 """VQ with a k-means (data) initialized EMA codebook, as in SoundStream: Zeghidour, Luebs, Omran,
 Skoglund, Tagliasacchi, "SoundStream: An End-to-End Neural Audio Codec", 2021 (arXiv 2107.03312,
-section III-C).
+section III-C). SoundStream's code is not public; the reference implementation followed is
+vector-quantize-pytorch (github.com/lucidrains/vector-quantize-pytorch, `kmeans_init=True`), whose
+init EnCodec's (github.com/facebookresearch/encodec, core_vq.py) matches.
 
 SoundStream trains its codebooks with EMA updates (VQ-VAE-2) and, "instead of using a random
 initialization", runs k-means on the first training batch and uses the centroids as the initial
 codebook. That is what this does: k-means init, then EMA (decay 0.99, Laplace-smoothed counts),
 commitment 0.25. SoundStream's third ingredient, dead-code replacement, is `reset_vq`.
+
+Deviations, both because our batches are small next to K:
+- The init runs on the first training batches, buffered until they hold `init_multiple` x K vectors
+  (4 by default), not on the first batch. EnCodec's first batch already holds a few times its
+  K = 1,024 (64 one-second clips at 75 frames/s = 4,800 vectors); ours holds 1,024 tokens, and
+  k-means on K points or fewer makes every point its own centre, which is a random-data init, not a
+  clustering. The buffered vectors come from the first steps' encoders
+  (up to 64 steps at K = 16,384), not from one encoder state.
+- While buffering, the quantizer is plain nearest-code on its N(0, 1) init with the commitment
+  loss, and the codebook does not move (EMA steps there would be overwritten by the init). The
+  buffer is an ordinary attribute, not state: it is never saved, never decoded from, and dropped
+  once k-means has run. A run too short to fill it keeps the random init (not the case in any task).
+- Lloyd iterations: 10 (vector-quantize-pytorch's default; EnCodec uses 50), random-row seeding.
 """
 import torch
 
@@ -16,9 +31,10 @@ from vqbench.ops import ema_codebook_update, nearest_code, straight_through, usa
 
 class KMeansVQ(Quantizer):
     def __init__(self, dim: int, codebook_size: int, beta: float = 0.25, decay: float = 0.99,
-                 eps: float = 1e-5, kmeans_iters: int = 10):
+                 eps: float = 1e-5, kmeans_iters: int = 10, init_multiple: int = 4):
         super().__init__(dim, codebook_size)
         self.beta, self.decay, self.eps, self.kmeans_iters = beta, decay, eps, kmeans_iters
+        self.init_vectors = init_multiple * codebook_size  # k-means runs once this many are buffered
         embed = torch.randn(codebook_size, dim)  # only used (in eval) if the model was never trained
         self.register_buffer("embed", embed)
         self.register_buffer("cluster_size", torch.ones(codebook_size))
@@ -31,11 +47,11 @@ class KMeansVQ(Quantizer):
 
     @torch.no_grad()
     def _maybe_init(self, flat: torch.Tensor) -> bool:
-        # k-means needs at least K points or some centroids are duplicates (dead on arrival). When a
-        # batch has fewer than K vectors (large K, small batches) we keep collecting the first
-        # training batches, quantizing with the random init meanwhile, until K vectors are seen.
-        self._seen.append(flat)
-        if sum(x.shape[0] for x in self._seen) < self.codebook_size:
+        # k-means on n <= K points returns the points themselves; with several points per centre it
+        # clusters. Collect the first training batches (quantizing with the random init meanwhile)
+        # until init_multiple x K vectors are buffered.
+        self._seen.append(flat.clone())
+        if sum(x.shape[0] for x in self._seen) < self.init_vectors:
             return False
         centroids = quick_kmeans(torch.cat(self._seen), self.codebook_size, self.kmeans_iters)
         self._seen.clear()

@@ -1,10 +1,17 @@
 """Lookup-free quantization (LFQ): Yu et al., "Language Model Beats Diffusion -- Tokenizer is Key
-to Visual Generation" (MAGVIT-2), ICLR 2024 (arXiv 2310.05737, section 3.1).
+to Visual Generation" (MAGVIT-2), ICLR 2024 (arXiv 2310.05737, section 3.1). The authors released
+no code; the reference implementation followed is vector-quantize-pytorch's LFQ
+(github.com/lucidrains/vector-quantize-pytorch, lookup_free_quantization.py).
 
 Project to b = floor(log2 K) channels and keep only their signs: the codebook is the implicit
 set {-1, 1}^b, the code is the bit pattern, and no distance search is needed. MAGVIT-2 adds an
 entropy penalty  E[H(q(z))] - gamma H(E[q(z)])  (confident per-token assignments, diverse use of
 the whole codebook) where q(z) = softmax over codes c of 2 <z, c> / temperature.
+
+Deviations: weights follow vector-quantize-pytorch's defaults (entropy 0.1, commitment 0.25,
+gamma 1, temperature 0.01), not a configuration from the paper; the entropy is computed exactly
+by factorizing over bits (below) instead of over all 2^b codes; K that is not a power of two uses
+floor(log2 K) bits, so it emits fewer than K codes.
 """
 import math
 

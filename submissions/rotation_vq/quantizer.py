@@ -1,5 +1,6 @@
 """VQ with the rotation trick: Fifty, Junkins, Duan, Iyengar, Liu, Amid, Thrun, Ré, "Restructuring
-Vector Quantization with the Rotation Trick", ICLR 2025 (arXiv 2410.06424).
+Vector Quantization with the Rotation Trick", ICLR 2025 (arXiv 2410.06424); official code
+github.com/cfifty/rotation_trick.
 
 Same forward pass as `vq` (nearest code, codebook + commitment 0.25, uniform(-1/K, 1/K) init),
 but the gradient reaches the encoder through q~ = sg[ |q| / |e| R ] e, where R is the rotation
@@ -7,6 +8,9 @@ taking e's direction to q's. The value is q; the gradient to e is rotated and re
 e -> q map instead of copied unchanged (straight-through), so it carries information about where
 e sits relative to its code: points in the same cell get pushed apart or together depending on
 the angle, which the paper shows raises codebook usage and lowers quantization error.
+
+Deviation: everything but the gradient is `vq`'s (init, codebook loss), so the two isolate the
+estimator; the paper's experiments use their own VQGAN / ViT-VQGAN configurations instead.
 """
 import torch
 import torch.nn.functional as F

@@ -1,12 +1,21 @@
 """Residual vector quantization as in SoundStream: Zeghidour, Luebs, Omran, Skoglund, Tagliasacchi,
 "SoundStream: An End-to-End Neural Audio Codec", 2021 (arXiv 2107.03312, section III-C,
-algorithm 1).
+algorithm 1). SoundStream's code is not public; the reference implementations are
+vector-quantize-pytorch's ResidualVQ (github.com/lucidrains/vector-quantize-pytorch) and EnCodec's
+(github.com/facebookresearch/encodec, quantization/core_vq.py).
 
 Level 1 quantizes z, level 2 quantizes what level 1 left over, and z_q is the sum. To spend the
 task's bit budget, depth 2 codebooks of sqrt(K) codes each: 2 x log2 sqrt(K) = log2 K bits per
 token, but K representable points (every pair of codes). Each level is trained the SoundStream
 way: k-means init on the first training batch, EMA updates (decay 0.99), and dead-code restart
 from the current batch's residuals. Commitment 0.25 per level, on that level's residual.
+
+Deviations: 2 levels of sqrt(K) codes (SoundStream: many levels of 1,024) so every baseline
+spends log2 K bits; k-means with 10 Lloyd iterations (EnCodec: 50); the dead-code threshold is an
+EMA count below 1 per batch (Jukebox's; EnCodec uses 2). That threshold is per batch, but every
+task gives each level at least 8 tokens per code per batch (image lite at K = 16,384: 1,024 tokens
+for 128 codes), so a code used at its fair share stays above it, unlike `reset_vq`'s single level
+of K codes.
 """
 import math
 

@@ -1,10 +1,14 @@
-"""SimVQ: Zhu, Li, Wang, Xu, Li, "Addressing Representation Collapse in Vector Quantized Models
-with One Linear Layer", 2024 (arXiv 2411.02038).
+"""SimVQ: Zhu, Li, Xin, Xia, Xu, "Addressing Representation Collapse in Vector Quantized Models
+with One Linear Layer", ICCV 2025 (arXiv 2411.02038); official code github.com/youngsheen/SimVQ
+(taming/modules/vqvae/quantize.py).
 
 The codebook is reparameterized as W(C): C (K, dim) is a frozen random basis and W a learnable
 linear layer. Gradients of the codebook loss update W, which moves the whole codebook at once
 (every code, chosen or not), so codes cannot die one by one and the codebook spans the latent
 space instead of collapsing into a low-dimensional subspace.
+
+Deviations: none in the quantizer (C ~ N(0, 1/dim) frozen, W a biased nn.Linear, codebook loss +
+0.25 commitment, the reference's legacy=False branch). The code dimension is the task's `dim`.
 """
 import torch
 from torch import nn

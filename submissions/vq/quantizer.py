@@ -1,8 +1,12 @@
 """VQ-VAE vector quantizer: van den Oord, Vinyals, Kavukcuoglu, "Neural Discrete Representation
-Learning", NeurIPS 2017 (arXiv 1711.00937).
+Learning", NeurIPS 2017 (arXiv 1711.00937); official code: Sonnet, github.com/google-deepmind/sonnet
+(sonnet/src/nets/vqvae.py, VectorQuantizer).
 
 Nearest code, straight-through gradient to the encoder, codebook learned by gradient descent on
 the codebook loss |sg[z] - e|^2 plus commitment beta |z - sg[e]|^2 (beta = 0.25, section 3.1).
+
+Deviation: the init is uniform(-1/K, 1/K) (taming's VQGAN and the PyTorch ports), not Sonnet's
+VarianceScaling-uniform (per-coordinate std 1/sqrt(dim)); see the comment in __init__.
 """
 import torch
 from torch import nn
