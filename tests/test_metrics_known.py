@@ -22,7 +22,7 @@ from vqbench.families import Setup
 from vqbench.families.image.data import uint8_to_float
 from vqbench.families.image.metrics import LPIPS, PSNR, SSIM, InceptionMetrics, LPIPSMetric, frechet_distance
 from vqbench.families.synthetic import DistortionRatio
-from vqbench.kmeans import cached_kmeans_mse, kmeans, kmeans_plus_plus, lloyd
+from vqbench.kmeans import ALGORITHM, cached_kmeans_mse, hartigan, kmeans, kmeans_plus_plus, lloyd
 from vqbench.stages import decode, encode, evaluate
 from vqbench.metrics import (METRICS, CodebookRank, CodeUsage, LatentRank, MeanSquaredError, QuantizationError,
                              effective_rank)
@@ -316,11 +316,6 @@ def synthetic_eval_set() -> torch.Tensor:
     return Distribution(Data(ambient_dim=8, num_clusters=64, eval_size=512)).eval_set
 
 
-LLOYD_STOPS_EARLY = ("vqbench/kmeans.py lloyd(): `previous` starts at inf and inf - mse <= tol * inf is True, "
-                     "so Lloyd stops after its first iteration (the reference is k-means++ plus one step)")
-
-
-@pytest.mark.xfail(strict=True, reason=LLOYD_STOPS_EARLY)
 def test_lloyd_converges_where_scipy_kmeans2_does_from_the_same_start():
     x = synthetic_eval_set()
     start = kmeans_plus_plus(x, 16, torch.Generator().manual_seed(0))
@@ -329,22 +324,66 @@ def test_lloyd_converges_where_scipy_kmeans2_does_from_the_same_start():
     assert lloyd(x, start.clone())[1] == approx(expected, rel=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason=LLOYD_STOPS_EARLY)
-def test_kmeans_reference_is_at_least_as_good_as_scipy_kmeans2():
+def test_quick_kmeans_runs_lloyd_until_it_stops_improving():
+    """tol = 0: the codebook init (kmeans_vq, rvq) stops only at a fixed point or after `iters`."""
+    x = synthetic_eval_set()
+    start = x[:16].clone()
+    centres, labels = scipy.cluster.vq.kmeans2(x.double().numpy(), start.double().numpy(), minit="matrix", iter=5)
+    ours = lloyd(x, start.clone(), max_iters=5, tol=0.0)[0]
+    assert torch.allclose(ours.double(), torch.from_numpy(centres), atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [16, 64])
+def test_kmeans_reference_is_at_least_as_good_as_scipy_kmeans2(k):
     """The synthetic probes' denominator must be a strong optimum: no worse than scipy's k-means++
     and Lloyd with as many restarts (a weaker one lets quantizers score a distortion ratio below 1)."""
     x = synthetic_eval_set()
     data = x.double().numpy()
-    runs = [scipy.cluster.vq.kmeans2(data, 16, minit="++", seed=s, iter=100) for s in range(3)]
+    runs = [scipy.cluster.vq.kmeans2(data, k, minit="++", seed=s, iter=100) for s in range(3)]
     scipy_best = min(float(((data - c[labels]) ** 2).mean()) for c, labels in runs)
-    assert kmeans(x, 16, n_init=3)[1] <= scipy_best * (1 + 1e-4)
+    assert kmeans(x, k, n_init=3)[1] <= scipy_best * (1 + 1e-4)
+
+
+def test_hartigan_moves_never_raise_the_objective_and_escape_lloyds_fixed_points():
+    """From a Lloyd fixed point (scipy's converged kmeans2), Hartigan's criterion still finds moves
+    that lower the sum of squares (Telgarsky & Vattani 2010): 4 points per centre, as at K = 16,384."""
+    x = synthetic_eval_set()
+    data = x.double().numpy()
+    _, labels = scipy.cluster.vq.kmeans2(data, 128, minit="++", seed=0, iter=100)
+    labels = torch.from_numpy(labels).long()
+
+    def sse(assign):
+        return sum(float(((x[assign == j].double() - x[assign == j].double().mean(0)) ** 2).sum())
+                   for j in assign.unique())
+
+    moved = hartigan(x, labels, 128)
+    assert torch.bincount(moved, minlength=128).min() >= 1  # a move never empties a cluster
+    assert sse(moved) < sse(labels) * 0.99
+
+
+def test_kmeans_is_deterministic_given_the_seed():
+    x = synthetic_eval_set()
+    first, again, other = kmeans(x, 64, n_init=1, seed=0), kmeans(x, 64, n_init=1, seed=0), kmeans(x, 64, n_init=1, seed=1)
+    assert torch.equal(first[0], again[0]) and first[1] == again[1]
+    assert not torch.equal(first[0], other[0])
+
+
+def test_the_cache_key_names_the_algorithm(monkeypatch, vqbench_home):
+    """References from an older algorithm are recomputed, never read: the version is in the key."""
+    x = synthetic_eval_set()
+    cached_kmeans_mse(x, 16, key="probe", n_init=1)
+    assert (vqbench_home / "kmeans" / f"probe-k16-n1-{ALGORITHM}.json").is_file()
+    monkeypatch.setattr("vqbench.kmeans.ALGORITHM", "v-next")
+    monkeypatch.setattr("vqbench.kmeans.kmeans", lambda *a, **kw: (None, 123.0))
+    assert cached_kmeans_mse(x, 16, key="probe", n_init=1) == 123.0  # recomputed under the new key
+    assert (vqbench_home / "kmeans" / "probe-k16-n1-v-next.json").is_file()
 
 
 def test_cached_kmeans_mse_is_computed_once_per_key(monkeypatch, vqbench_home):
     x = synthetic_eval_set()
     expected = kmeans(x, 16, n_init=2)[1]
     assert cached_kmeans_mse(x, 16, key="probe", n_init=2) == approx(expected)
-    assert (vqbench_home / "kmeans" / "probe-k16-n2.json").is_file()
+    assert (vqbench_home / "kmeans" / f"probe-k16-n2-{ALGORITHM}.json").is_file()
     monkeypatch.setattr("vqbench.kmeans.kmeans", lambda *a, **kw: pytest.fail("recomputed a cached optimum"))
     assert cached_kmeans_mse(x, 16, key="probe", n_init=2) == approx(expected)
 
