@@ -1,0 +1,58 @@
+"""Structure tokenizer around the quantizer: invariant residue features -> conv encoder -> one
+latent per residue; decoder: conv + transformer -> backbone coordinates (N, CA, C per residue).
+
+Why this shape. Tokens should describe local structure, as in StructTokenBench's tokenizers
+(FoldSeek, ProTokens, ESM3's VQ-VAE all emit one token per residue from its neighbourhood): the
+encoder sees SE(3)-invariant features (geometry.residue_features) through a stack of 1-D
+convolutions, so a token cannot depend on the frame the file happens to use. The decoder must
+place residues globally, so after its convolutions it attends over the whole chain (a small
+transformer; the convolutions give it relative position). It outputs Cartesian coordinates in a
+frame of its own, scored after superposition (geometry.aligned_loss): unlike torsions rebuilt with
+NeRF, an error in one residue does not swing the rest of the chain about it (the lever-arm effect),
+and the loss is the RMSD the metrics report.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from vqbench.families.protein.geometry import NUM_FEATURES, residue_features
+
+
+class ConvBlock(nn.Module):
+    """Pre-norm residual 1-D conv over residues; 'same' zero padding at chain ends only."""
+
+    def __init__(self, width: int, kernel: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.conv = nn.Conv1d(width, width, kernel, padding=kernel // 2)
+        self.mix = nn.Linear(width, width)
+
+    def forward(self, h: Tensor) -> Tensor:  # (batch, L, width)
+        y = self.conv(self.norm(h).transpose(1, 2)).transpose(1, 2)
+        return h + self.mix(nn.functional.gelu(y))
+
+
+class Encoder(nn.Module):
+    def __init__(self, dim: int, width: int, blocks: int, kernel: int):
+        super().__init__()
+        self.inp = nn.Linear(NUM_FEATURES, width)
+        self.blocks = nn.Sequential(*[ConvBlock(width, kernel) for _ in range(blocks)])
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, dim))
+
+    def forward(self, x: Tensor) -> Tensor:  # (batch, L, 3, 3) -> (batch, L, dim)
+        return self.out(self.blocks(self.inp(residue_features(x))))
+
+
+class Decoder(nn.Module):
+    def __init__(self, dim: int, width: int, blocks: int, kernel: int, layers: int, heads: int):
+        super().__init__()
+        self.inp = nn.Linear(dim, width)
+        self.blocks = nn.Sequential(*[ConvBlock(width, kernel) for _ in range(blocks)])
+        layer = nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.0, batch_first=True, norm_first=True)
+        self.attend = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False) if layers else nn.Identity()
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 9))
+
+    def forward(self, z: Tensor) -> Tensor:  # (batch, L, dim) -> (batch, L, 3, 3) in Angstrom
+        h = self.attend(self.blocks(self.inp(z)))
+        return 10 * self.out(h).reshape(*z.shape[:2], 3, 3)  # predicted in nm: unit-scale outputs
