@@ -85,7 +85,9 @@ class Protein(Family):
     Data = Data
     Model = Model
     metrics = ("backbone_rmsd", "ca_rmsd", "tm_score", "lddt_ca", "gdt_ts", "protein_utilization",
-               "protein_perplexity_ratio", "code_cosine", "code_cosine_weighted", "mse")
+               "protein_perplexity_ratio", "code_cosine", "code_cosine_weighted")
+    # no `mse`: the decoder outputs coordinates in a frame of its own, so a raw coordinate error is
+    # meaningless; every structure metric superposes first or is superposition-free
     primary_metric = "lddt_ca"  # see the module docstring
     sources = SOURCES
     takes_data_root = True
