@@ -77,3 +77,25 @@ def test_leaderboard_escapes_submission_metadata(project):
     row = next(line for line in page.splitlines() if line.startswith("| Pwn"))
     unescaped_pipes = lambda line: len(re.findall(r"(?<!\\)\|", line))
     assert unescaped_pipes(row) == unescaped_pipes(header)  # the cell did not split the table
+
+
+def test_not_applicable_pairs_are_labelled_not_counted_missing(project):
+    """A submission that needs a trainable encoder is not run on an identity-encoder task; the page
+    says so under that task and its overview count leaves the task out instead of 'incomplete'."""
+    import shutil
+    shutil.copytree(project / "submissions" / "minimal", project / "submissions" / "needs_encoder")
+    yaml = project / "submissions" / "needs_encoder" / "submission.yaml"
+    yaml.write_text(yaml.read_text().replace("name: minimal", "name: needs_encoder")
+                    .replace("display_name: Minimal VQ (docs example)", "display_name: Needs Encoder")
+                    + "needs: [trainable_encoder]\n")
+    add_task(project, "ident", TINY_TASK.replace("model: {encoder: mlp, width: 16, depth: 1}",
+                                                 "model: {encoder: identity}"))
+    subs = [get_submission("minimal"), get_submission("needs_encoder")]
+    jobs, _ = plan(subs, [get_task("synthetic/tiny"), get_task("synthetic/ident")], [0], project / "results", False)
+    assert sorted((j.submission.name, j.task.id) for j in jobs) == [
+        ("minimal", "synthetic/ident"), ("minimal", "synthetic/tiny"), ("needs_encoder", "synthetic/tiny")]
+    run(jobs, project, project / "results", "serial", show_progress=False)
+    page = render(project / "results", project)["README.md"].decode()
+    assert "Not applicable, not run:" in page and "needs trainable_encoder" in page
+    row = next(line for line in page.splitlines() if line.startswith("| Needs Encoder") and "1/1 (1 n/a)" in line)
+    assert "incomplete" not in row
