@@ -99,3 +99,40 @@ def test_not_applicable_pairs_are_labelled_not_counted_missing(project):
     assert "Not applicable, not run:" in page and "needs trainable_encoder" in page
     row = next(line for line in page.splitlines() if line.startswith("| Needs Encoder") and "1/1 (1 n/a)" in line)
     assert "incomplete" not in row
+
+
+def test_results_no_trusted_run_produced_or_reproduced_are_labelled_self_reported(project):
+    """A result counts as confirmed only while its exact bytes are in the ledger (vqbench.trust):
+    one a submitter ran (or edited after confirmation) is marked, and counted, as self-reported."""
+    from vqbench.trust import record
+
+    def row(page):  # (submission, seeds, confirmed) cells of the task table's row
+        table = page.split("#### synthetic/tiny", 1)[1]
+        line = next(line for line in table.splitlines() if line.startswith("| Minimal"))
+        return tuple(cell.strip() for cell in line.split("|")[1:4])
+
+    results = populate(project, subs=("minimal",))
+    paths = [result_path(results, "minimal", "synthetic/tiny", s) for s in (0, 1)]
+    page = render(results)["README.md"].decode()
+    assert row(page) == (r"Minimal VQ \(docs example\) †", "2", "0/2") and "0 of 2 result(s) were produced" in page
+    record(results, paths[:1], "reproduced (test)")
+    page = render(results)["README.md"].decode()
+    assert row(page) == (r"Minimal VQ \(docs example\) †", "2", "1/2") and "(1 in all)" in page
+    record(results, paths[1:], "reproduced (test)")
+    page = render(results)["README.md"].decode()
+    assert row(page) == (r"Minimal VQ \(docs example\)", "2", "2/2") and "2 of 2 result(s) were produced" in page
+    edited = json.loads(paths[1].read_text())
+    edited["metrics"]["utilization"] = 1.0
+    paths[1].write_text(json.dumps(edited))
+    assert row(render(results)["README.md"].decode())[2] == "1/2"
+
+
+def test_a_trusted_run_records_what_it_produced_and_only_that(project):
+    from vqbench.trust import is_confirmed, load_ledger
+    results = project / "results"
+    jobs, _ = plan([get_submission(s) for s in ("minimal", "raises")], [get_task("synthetic/tiny")], [0], results, False)
+    run(jobs, project, results, "serial", show_progress=False, trusted=True)
+    ledger = load_ledger(results)
+    assert list(ledger) == ["minimal/synthetic/tiny/seed-0.json"]  # the failed job is not confirmed
+    assert ledger["minimal/synthetic/tiny/seed-0.json"]["how"].startswith("produced by vqbench run --trusted")
+    assert is_confirmed(results, result_path(results, "minimal", "synthetic/tiny", 0), ledger)

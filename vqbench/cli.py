@@ -112,7 +112,7 @@ def _run_locked(args, root: Path, results_dir: Path) -> int:
         from vqbench.sandbox import confinement_in_force
         print(f"confinement of submission code: {confinement_in_force()}", file=sys.stderr)
     summary = run(jobs, root, results_dir, args.executor, args.workers, args.ray_address, args.timeout,
-                  show_progress=not args.quiet)
+                  show_progress=not args.quiet, trusted=args.trusted)
     print(f"done: {len(summary.done)} ok, {len(summary.failed)} failed, {skipped} skipped; "
           f"results in {results_dir}", file=sys.stderr)
     for result in summary.failed:
@@ -129,8 +129,10 @@ def cmd_validate(args) -> int:
     from vqbench.sandbox import confinement_in_force
     print(f"vqbench validate {args.submission} (confinement: {confinement_in_force()})", flush=True)
     with exclusive_project(root):
-        checks = validate(args.submission, root, results_dir, args.task, args.seed, args.reproduce, args.timeout,
-                          on_check=lambda c: print(format_check(c), flush=True))
+        checks = validate(args.submission, root, results_dir, args.task, args.seed,
+                          args.reproduce or args.sample is not None, args.timeout,
+                          on_check=lambda c: print(format_check(c), flush=True), sample=args.sample,
+                          sample_seed=args.sample_seed, record_confirmed=args.record)
     failed = [c for c in checks if not c.ok]
     print(f"\n{len(checks)} check(s), {len(failed)} failed: "
           f"{'the submission is valid' if not failed else 'the submission is NOT valid'}")
@@ -251,6 +253,9 @@ def _add_run_command(sub) -> None:
     p.add_argument("--timeout", type=float, help="seconds per job (default: the task's resources.timeout_s)")
     p.add_argument("--force", action="store_true", help="rerun jobs that already have a current result")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--trusted", action="store_true",
+                   help="enter each result this run produces in <results-dir>/confirmed.json: for runs the project "
+                        "controls (maintainers, on main); CI refuses pull requests that change that file")
     p.add_argument("--data", action="append", metavar="FAMILY=PATH",
                    help="a family's data folder for full-tier tasks (sets $VQBENCH_DATA_<FAMILY>); repeatable")
     p.add_argument("--data-root", help="deprecated (before --data existed): the data folder of the family that reads "
@@ -265,6 +270,11 @@ def _add_check_commands(sub) -> None:
                                   "with --reproduce, the task to reproduce")
     p.add_argument("--seed", type=int, help="with --reproduce: the seed to reproduce (default: any committed)")
     p.add_argument("--reproduce", action="store_true", help="rerun a committed result and compare its metrics")
+    p.add_argument("--sample", type=int, metavar="N",
+                   help="reproduce N committed results drawn at random now (implies --reproduce; CI uses it)")
+    p.add_argument("--sample-seed", type=int, help="replay a draw of --sample (the report prints its seed)")
+    p.add_argument("--record", action="store_true",
+                   help="enter each reproduced result in results/confirmed.json (maintainers, on main)")
     p.add_argument("--results-dir", help="where committed results are (default: results/)")
     p.add_argument("--timeout", type=float, help="seconds for the contract checks and for each run")
     p.set_defaults(func=cmd_validate)

@@ -20,6 +20,7 @@ from vqbench.results import iter_results
 from vqbench.schema import ConfigError
 from vqbench.submissions import get_submission, list_submissions
 from vqbench.tasks import load_registry, not_applicable
+from vqbench.trust import LEDGER, is_confirmed, load_ledger
 
 README = "README.md"
 PLOTS = "plots"
@@ -54,8 +55,12 @@ def fmt(name: str, values: list[float]) -> str:
     return f"{format(mean, spec)} ± {format(statistics.stdev(values), spec)}"
 
 
+SELF_REPORTED = "†"
+
+
 def collect(results_dir: Path, root: Path | None):
-    """Sort result files into current ok / current failed / stale, keyed by (task, submission)."""
+    """Sort result files into current ok / current failed / stale, keyed by (task, submission); and
+    the (task, submission, seed) of ok results that a trusted run produced or reproduced (ledger)."""
     tasks = load_registry(root)
     hashes, subs = {}, {}
     for name in list_submissions(root=root):
@@ -65,6 +70,7 @@ def collect(results_dir: Path, root: Path | None):
         except ConfigError:
             pass
     ok, failed, stale, unreadable = defaultdict(list), [], [], []
+    ledger, confirmed = load_ledger(results_dir), set()
     for path, result in iter_results(results_dir):
         if result is None:
             unreadable.append(path)
@@ -80,9 +86,16 @@ def collect(results_dir: Path, root: Path | None):
             stale.append((path, "task spec changed"))
         elif result.get("status") == "ok":
             ok[(task.id, result["submission"])].append(result)
+            if is_confirmed(results_dir, path, ledger):
+                confirmed.add((task.id, result["submission"], result.get("seed")))
         else:
             failed.append(result)
-    return tasks, subs, ok, failed, stale, unreadable
+    return tasks, subs, ok, failed, stale, unreadable, confirmed
+
+
+def self_reported(rows: list[dict], confirmed: set) -> int:
+    """How many of these results no trusted run produced or reproduced."""
+    return sum((r["task"], r["submission"], r.get("seed")) not in confirmed for r in rows)
 
 
 def best_of(name: str, means: dict[str, float]) -> set[str]:
@@ -93,7 +106,7 @@ def best_of(name: str, means: dict[str, float]) -> set[str]:
     return {k for k, v in finite.items() if v == target}
 
 
-def task_table(task, rows_by_sub: dict[str, list[dict]], subs) -> str:
+def task_table(task, rows_by_sub: dict[str, list[dict]], subs, confirmed: set) -> str:
     family = get_family(task.family)
     names = [*TABLE_METRICS, *task.metrics]
     means = {n: {s: statistics.fmean(v) if (v := [r["metrics"][n] for r in rs if r["metrics"].get(n) is not None])
@@ -109,17 +122,19 @@ def task_table(task, rows_by_sub: dict[str, list[dict]], subs) -> str:
     rows = []
     for s in sorted(rows_by_sub, key=order):
         rs = rows_by_sub[s]
-        cells = [md_escape(subs[s].meta.display_name), len(rs), format(rs[0]["bits_per_token"], ".2f")]
+        unconfirmed = self_reported(rs, confirmed)
+        cells = [md_escape(subs[s].meta.display_name) + (f" {SELF_REPORTED}" if unconfirmed else ""), len(rs),
+                 f"{len(rs) - unconfirmed}/{len(rs)}", format(rs[0]["bits_per_token"], ".2f")]
         for n in names:
             vals = [r["metrics"][n] for r in rs if r["metrics"].get(n) is not None]
             cell = fmt(n, vals) if vals else "n/a"
             cells.append(f"**{cell}**" if s in best[n] else cell)
         rows.append(cells)
-    return tabulate(rows, headers=["submission", "seeds", "bits/token", *map(column, names)],
+    return tabulate(rows, headers=["submission", "seeds", "confirmed", "bits/token", *map(column, names)],
                     tablefmt="github", disable_numparse=True)
 
 
-def overview(tasks, subs, ok) -> str:
+def overview(tasks, subs, ok, confirmed: set) -> str:
     families = sorted({t.family for (tid, _) in ok for t in [tasks[tid]]})
     per_family_tasks = {f: sorted({tid for (tid, _) in ok if tasks[tid].family == f}) for f in families}
     headers, rows, cols = ["submission"], {}, []
@@ -151,7 +166,8 @@ def overview(tasks, subs, ok) -> str:
 
     table = []
     for s in sorted(rows, key=order):
-        cells = [md_escape(subs[s].meta.display_name)]
+        unconfirmed = self_reported([r for (_, sub), rs in ok.items() if sub == s for r in rs], confirmed)
+        cells = [md_escape(subs[s].meta.display_name) + (f" {SELF_REPORTED}" if unconfirmed else "")]
         for f in families:
             for _, name in [c for c in cols if c[0] == f]:
                 m = means[(f, name)][s]
@@ -207,7 +223,7 @@ def sweep_plot(base_id: str, tasks_of_file: list, ok, subs) -> bytes | None:
     return buf.getvalue()
 
 
-def family_sections(tasks, subs, ok, files: dict[str, bytes]) -> list[str]:
+def family_sections(tasks, subs, ok, confirmed: set, files: dict[str, bytes]) -> list[str]:
     """One section per family, a subsection per task file (its sweep plot, then a table per task);
     plots are added to `files`."""
     out = []
@@ -230,7 +246,7 @@ def family_sections(tasks, subs, ok, files: dict[str, bytes]) -> list[str]:
             for t in file_tasks:
                 rows = {s: ok[(t.id, s)] for s in subs if (t.id, s) in ok}
                 if rows:
-                    sections += [f"#### {t.id}", "", task_table(t, rows, subs), ""]
+                    sections += [f"#### {t.id}", "", task_table(t, rows, subs, confirmed), ""]
                     if skipped := [f"{md_escape(subs[s].meta.display_name)} ({why})" for s in sorted(subs)
                                    if (why := not_applicable(subs[s], t))]:
                         sections += [f"Not applicable, not run: {'; '.join(skipped)}.", ""]
@@ -266,18 +282,23 @@ def closing_sections(tasks, subs, ok, failed) -> list[str]:
 
 def render(results_dir: Path, root: Path | None = None) -> dict[str, bytes]:
     """Every file of leaderboard/, as {relative path: content}."""
-    tasks, subs, ok, failed, stale, unreadable = collect(results_dir, root)
+    tasks, subs, ok, failed, stale, unreadable, confirmed = collect(results_dir, root)
     files: dict[str, bytes] = {}
     n_ok = sum(len(v) for v in ok.values())
+    n_self = self_reported([r for rs in ok.values() for r in rs], confirmed)
     out = ["# vqbench leaderboard", "",
            f"Generated by `vqbench leaderboard` from {n_ok} current result file(s) ({len(failed)} failed, "
            f"{len(stale)} stale excluded, {len(unreadable)} unreadable). Do not edit: "
            "`vqbench leaderboard --check` fails when this page is not what `results/` gives.",
            "Values are mean ± standard deviation over seeds; bold marks the best; "
-           "↑ higher is better, ↓ lower is better. Reconstruction is always from `decode(codes)`.", ""]
+           "↑ higher is better, ↓ lower is better. Reconstruction is always from `decode(codes)`.", "",
+           f"Trust: {n_ok - n_self} of {n_ok} result(s) were produced or reproduced by a run the project controls "
+           f"(their exact bytes are in `results/{LEDGER}`; `confirmed` counts them per row). {SELF_REPORTED} marks "
+           f"a row with self-reported results ({n_self} in all): numbers that came with a submission and that no "
+           "trusted run has produced or reproduced yet.", ""]
     if ok:
-        out += ["## Overview", "", overview(tasks, subs, ok), ""]
-    out += family_sections(tasks, subs, ok, files)
+        out += ["## Overview", "", overview(tasks, subs, ok, confirmed), ""]
+    out += family_sections(tasks, subs, ok, confirmed, files)
     out += closing_sections(tasks, subs, ok, failed)
     files[README] = "\n".join(out).encode()
     return files

@@ -136,6 +136,23 @@ def bounded_output(limit: int = OUTPUT_TAIL_CHARS) -> Iterator[Tail]:
         tail.text = bytes(kept).decode(errors="replace")[-limit:]
 
 
+def forget_main_script() -> None:
+    """For a process whose __main__ is another program's script that never holds a job target (a
+    Ray worker's is Ray's default_worker.py): children must not re-run it. multiprocessing has each
+    child import the parent's main script by path (Python 3.11 never preloads it in the fork
+    server), and Ray's imports ray: 0.23 s of every job stage, 0.7 s a job (bench/ray_fanout.py)."""
+    sys.modules["__main__"].__dict__.pop("__file__", None)
+
+
+def start_fork_server() -> None:
+    """Start this process's fork server now, without waiting for it: it imports torch and the
+    harness (seconds) while the caller goes on (planning, Ray's start); the first child then forks
+    at once. Idempotent."""
+    from multiprocessing import forkserver
+    _ctx()
+    forkserver.ensure_running()
+
+
 def contain(memory_gb: float) -> None:
     """Limits for a process about to run submission code: memory, a scratch cwd (relative paths
     land there, not in the project), no bytecode writes (a .pyc in a submission folder would be
