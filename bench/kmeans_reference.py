@@ -10,11 +10,16 @@ On the eval set of `synthetic/codebook-scaling@codebook_size=K` (the data the me
 Prints time ratio (old / new, > 1 is faster) and objective ratios (new / old, new / scipy; < 1 is
 a lower, better k-means objective). One torch and one faiss thread.
 
-Usage: python bench/kmeans_reference.py [--ks 1024,4096,16384] [--scipy-max-k 4096]
+`--repeats R` runs old and new R times each, alternating, and prints every ratio and the median
+(the old reference's time varies most: its 16,384 small steps each allocate and free a 4 MB
+temporary, so page faults, i.e. system time, dominate it on a busy VM).
+
+Usage: python bench/kmeans_reference.py [--ks 1024,4096,16384] [--scipy-max-k 4096] [--repeats 1]
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import numpy as np
@@ -54,6 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ks", default="1024,4096,16384")
     parser.add_argument("--scipy-max-k", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"{'K':>6} {'old s':>7} {'new s':>7} {'scipy s':>8} {'time old/new':>12} {'old mse':>9} {'new mse':>9} "
@@ -61,12 +67,18 @@ def main() -> None:
     for k in map(int, args.ks.split(",")):
         task = get_task(f"synthetic/codebook-scaling@codebook_size={k}")
         x = Distribution(task.data).eval_set.contiguous()
-        start = time.perf_counter()
-        _, old_mse, seeds = old_reference(x, k)
-        old_s = time.perf_counter() - start
-        start = time.perf_counter()
-        _, new_mse = kmeans(x, k, n_init=1)
-        new_s = time.perf_counter() - start
+        old_times, new_times = [], []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            _, old_mse, seeds = old_reference(x, k)
+            old_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            _, new_mse = kmeans(x, k, n_init=1)
+            new_times.append(time.perf_counter() - start)
+        if args.repeats > 1:
+            print(f"{k:>6} time old/new per repeat: " + ", ".join(f"{a:.1f}/{b:.1f} s = x{a / b:.1f}"
+                                                            for a, b in zip(old_times, new_times)), flush=True)
+        old_s, new_s = statistics.median(old_times), statistics.median(new_times)
         scipy_s = scipy_mse = float("nan")
         if k <= args.scipy_max_k:
             start = time.perf_counter()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import random
 import tempfile
@@ -28,11 +27,18 @@ LEDGER = "confirmed.json"  # under the results folder; CI refuses pull requests 
 
 # Same CPU kind (model, torch and faiss kernel levels, packages): the rerun must match to rounding.
 SAME_KIND_RTOL, SAME_KIND_ATOL = 1e-6, 1e-9
-# Another CPU kind: per metric, relative tolerance = 2x the largest relative difference
-# bench/cross_cpu.py measured between kernel paths (docs/trust.md), at least 1e-6; absolute 1e-4
-# for values near zero (a rate or an error of 0.0001 reads as 0.000 on the leaderboard).
-# A metric not listed (a family whose cross-kind spread was not measured) must match as on the same kind.
-CROSS_KIND_RTOL: dict[str, float] = {}
+# Another CPU kind: per metric, relative tolerance = 2x the largest relative difference that
+# bench/cross_cpu.py measured on 24 committed synthetic results rerun with AVX2 and with SSE-level
+# kernels (2026-11-26, docs/trust.md), rounded up; absolute 1e-4 for values near zero. Training
+# is chaotic, so another kind acts much like another seed on collapsed runs (utilization moved by
+# up to 44%): a cross-kind match is evidence against gross fabrication, never a confirmation
+# (--record enters same-kind, exact reproductions only). A metric not listed (a family whose
+# cross-kind spread was not measured: image) must match as on the same kind.
+CROSS_KIND_RTOL: dict[str, float] = {
+    "codebook_rank": 0.58, "dead_codes": 0.29, "distortion_ratio": 0.014, "emitted_codes": 0.0,
+    "latent_rank": 0.19, "mse": 0.014, "perplexity": 0.22, "perplexity_ratio": 0.22,
+    "quantization_error": 0.28, "utilization": 0.89,
+}
 CROSS_KIND_ATOL = 1e-4
 
 
@@ -100,5 +106,7 @@ def tolerance(metric: str, same_kind: bool) -> tuple[float, float]:
 
 
 def within(metric: str, committed: float, rerun: float, same_kind: bool) -> bool:
+    """|rerun - committed| <= max(rtol x |committed|, atol): relative to the committed value, as
+    bench/cross_cpu.py measures it."""
     rtol, atol = tolerance(metric, same_kind)
-    return math.isclose(committed, rerun, rel_tol=rtol, abs_tol=atol)
+    return abs(rerun - committed) <= max(rtol * abs(committed), atol)

@@ -206,10 +206,13 @@ def _reproduce_one(submission: Submission, root: Path, results_dir: Path, path: 
     notes = [f"committed on {prov_a.get(k)}, rerun on {prov_b.get(k)}" for k in ("device", "cpu", "packages", "python")
              if prov_a.get(k) != prov_b.get(k)]
     head = "same CPU kind: rounding only" if same_kind else "another CPU kind (or unrecorded): measured cross-kind tolerance"
-    if ok and record_confirmed:
+    if ok and record_confirmed and not same_kind:
+        notes.append(f"not recorded in {LEDGER}: a match on another CPU kind is evidence, not a confirmation "
+                     "(rerun on the kind that produced it, or produce it with vqbench run --trusted)")
+    elif ok and record_confirmed:
         cpu = prov_b.get("cpu") or {}
         record(results_dir, [path], f"reproduced by vqbench validate --reproduce at {prov_b.get('git_commit')} on "
-                                    f"{cpu.get('model')} ({cpu.get('torch_capability')}), {head}")
+                                    f"{cpu.get('model')} ({cpu.get('torch_capability')}): identical to rounding")
         notes.append(f"recorded in {LEDGER}")
     return Check(name, ok, "\n".join([head, *lines, *notes]))
 
