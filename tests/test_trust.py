@@ -8,8 +8,8 @@ from pathlib import Path
 import yaml
 
 from vqbench.results import cpu_kind
-from vqbench.trust import (CROSS_KIND_RTOL, SAME_KIND_RTOL, draw_sample, is_confirmed, load_ledger, record,
-                           same_cpu_kind, tolerance, within)
+from vqbench.trust import (CROSS_KIND_RTOL, SAME_KIND_RTOL, checkable, draw_sample, is_confirmed, load_ledger,
+                           record, same_cpu_kind, tolerance, within)
 
 REPO = Path(__file__).parent.parent
 
@@ -48,6 +48,10 @@ def test_same_kind_means_rounding_and_another_kind_the_measured_spread():
         assert tolerance(metric, False)[0] == max(rtol, SAME_KIND_RTOL)
         assert within(metric, 1.0, 1.0 + 0.5 * rtol, False) and not within(metric, 1.0, 1.0 + 3 * rtol + 1e-3, False)
     assert tolerance("no_such_metric", False)[0] == SAME_KIND_RTOL  # unmeasured: no slack
+    other = {**prov, "cpu": {**prov["cpu"], "torch_capability": "AVX2"}}
+    assert checkable(other, {"utilization": 0.5, "mse": 1.0}, prov)  # measured metrics: judged here
+    assert not checkable(other, {"utilization": 0.5, "psnr": 20.0}, prov)  # psnr unmeasured: only its own kind
+    assert checkable(prov, {"psnr": 20.0}, dict(prov))
 
 
 def test_ci_refuses_a_pull_request_that_edits_the_ledger_and_blocks_on_the_sampled_reruns():

@@ -183,3 +183,21 @@ def test_the_public_api_is_written_once():
     docs = (Path(__file__).parent.parent / "docs" / "submitting.md").read_text()
     listed = set(re.findall(r"`(vqbench(?:\.\w+)?)`", docs.split("may\nimport only", 1)[1].split("refused", 1)[0]))
     assert listed == set(PUBLIC_MODULES)
+
+
+def test_a_result_no_rerun_here_can_judge_is_not_drawn_and_is_reported(project):
+    """From another CPU kind, with a metric whose cross-kind spread was never measured (an image
+    metric), exact equality would fail honest work: --sample leaves it out and says so."""
+    results = project / "results"
+    jobs, _ = plan([get_submission("minimal")], [get_task("synthetic/tiny")], [0, 1], results, False)
+    assert not run(jobs, Path(os.environ["VQBENCH_ROOT"]), results, "serial", show_progress=False).failed
+    path = result_path(results, "minimal", "synthetic/tiny", 1)
+    other = json.loads(path.read_text())
+    other["provenance"]["cpu"] = {**other["provenance"]["cpu"], "torch_capability": "AVX2"}
+    other["metrics"]["psnr"] = 20.0
+    path.write_text(json.dumps(other))
+    checks = validate("minimal", project, results, do_reproduce=True, sample=5)
+    skip, drawn = checks[-2:]
+    assert skip.ok and skip.name == "reproduce: 1 of 2 results not drawn" and "not measured" in skip.detail
+    assert drawn.ok and drawn.name == "reproduce synthetic/tiny seed 0 (1 of 1 drawn with --sample-seed " \
+        + drawn.name.rsplit(" ", 1)[1], drawn.name

@@ -98,6 +98,12 @@ def same_cpu_kind(a: dict, b: dict) -> bool:
     return all(a.get(k) is not None and a.get(k) == b.get(k) for k in ("cpu", "packages", "python"))
 
 
+def checkable(provenance: dict, metrics: dict, here: dict) -> bool:
+    """Can a rerun on this machine (`here`: its provenance fields cpu, packages, python) judge this
+    result: same CPU kind, or every metric has a measured cross-kind tolerance?"""
+    return same_cpu_kind(provenance, here) or all(m in CROSS_KIND_RTOL for m in metrics)
+
+
 def tolerance(metric: str, same_kind: bool) -> tuple[float, float]:
     """(relative, absolute) tolerance for a rerun of `metric`."""
     if same_kind or metric not in CROSS_KIND_RTOL:

@@ -18,7 +18,7 @@ harness's self-test, not of the benchmark, so no `--tasks` glob, tier or leaderb
 from __future__ import annotations
 
 import ast
-import math
+import platform
 import re
 import tempfile
 import time
@@ -31,11 +31,11 @@ from vqbench.contract import PUBLIC_MODULES
 from vqbench.enforce import JobFailure
 from vqbench.families import get_family
 from vqbench.metrics import METRICS
-from vqbench.results import iter_results
+from vqbench.results import cpu_kind, iter_results, package_versions
 from vqbench.sandbox import Guard, protected_folders, run_in_child, tamper_reason
 from vqbench.schema import ConfigError
 from vqbench.submissions import Submission, get_submission
-from vqbench.trust import LEDGER, draw_sample, record, same_cpu_kind, tolerance, within
+from vqbench.trust import LEDGER, checkable, draw_sample, record, same_cpu_kind, tolerance, within
 
 SMOKE_TASK = next((Path(__file__).parent / "smoke_tasks").glob("*/smoke.yaml"))  # smoke_tasks/<family>/
 IMPORT_TIMEOUT_S = 60.0
@@ -181,12 +181,24 @@ def reproduce(submission: Submission, root: Path, results_dir: Path, task_id: st
         return [Check("reproduce a committed result", False,
                       f"no current successful result of {want}{f' seed {seed}' if seed is not None else ''} "
                       f"under {Path(results_dir) / submission.name} (run it first, or commit its results)")]
+    checks = []
     if sample is None:
         picked, note = found[:1], ""
     else:
-        picked, used = draw_sample(found, sample, sample_seed)
-        note = f" ({len(picked)} of {len(found)} drawn with --sample-seed {used})"
-    checks = []
+        # A result from another CPU kind with a metric whose cross-kind spread was never measured
+        # cannot be judged here (exact equality would fail honest work): it is not drawn, and said.
+        here = {"cpu": cpu_kind(), "packages": {**package_versions(), **submission.package_versions()},
+                "python": platform.python_version()}
+        judged = [f for f in found if checkable(f[3]["provenance"], f[3]["metrics"], here)]
+        if skipped := len(found) - len(judged):
+            checks.append(Check(f"reproduce: {skipped} of {len(found)} results not drawn", True,
+                                "committed on another CPU kind (or unrecorded) with metrics whose cross-kind spread "
+                                "is not measured (docs/trust.md): only a rerun on their own kind can judge them; "
+                                "they stay self-reported until a trusted run produces or reproduces them"))
+        if not judged:
+            return checks
+        picked, used = draw_sample(judged, sample, sample_seed)
+        note = f" ({len(picked)} of {len(judged)} drawn with --sample-seed {used})"
     for path, task, run_seed, committed in picked:
         checks.append(_reproduce_one(submission, root, results_dir, path, task, run_seed, committed, timeout_s,
                                      record_confirmed, note))
