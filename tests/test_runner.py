@@ -131,13 +131,16 @@ def test_sigkill_mid_run_then_resume(project):
 
 
 def test_one_driver_per_project(project):
-    """A second run beside a running one is refused: the tamper guard would undo its writes."""
+    """A second run beside a running one is refused: the tamper guard would undo its writes (and
+    fail the running job as tampering). Writing the leaderboard is refused too; checking it is not."""
     from vqbench.cli import main
     from vqbench.sandbox import exclusive_project
     with exclusive_project(project):
         assert main(["run", "--submission", "minimal", "--tasks", "synthetic/tiny", "--executor", "serial",
                      "--quiet"]) == 2
         assert main(["validate", "minimal"]) == 2
+        assert main(["leaderboard"]) == 2 and not (project / "leaderboard").exists()
+        assert main(["leaderboard", "--check"]) == 1  # reads only: it runs, and finds no page
     assert not list((project / "results").rglob("seed-*.json"))
     assert main(["run", "--submission", "minimal", "--tasks", "synthetic/tiny", "--executor", "serial",
                  "--quiet"]) == 0

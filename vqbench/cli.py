@@ -153,7 +153,9 @@ def cmd_leaderboard(args) -> int:
             return 1
         print(f"{out} matches {results_dir}", file=sys.stderr)
         return 0
-    report = write_leaderboard(results_dir, out)
+    from vqbench.sandbox import exclusive_project
+    with exclusive_project(root):  # a running job's guard would undo these writes and fail the job
+        report = write_leaderboard(results_dir, out)
     print(f"wrote {out}: {report}", file=sys.stderr)
     return 0
 
