@@ -146,8 +146,8 @@ def forget_main_script() -> None:
 
 def start_fork_server() -> None:
     """Start this process's fork server now, without waiting for it: it imports torch and the
-    harness (seconds) while the caller goes on (planning, Ray's start); the first child then forks
-    at once. Idempotent."""
+    harness (seconds) while the caller goes on (a Ray worker: its handshake with the driver).
+    Idempotent."""
     from multiprocessing import forkserver
     _ctx()
     forkserver.ensure_running()

@@ -3,7 +3,8 @@
 A submission's pull request carries its own result files, and nothing in a file proves that a run
 made it. So the project keeps a ledger, `results/confirmed.json`: for each result file, the
 sha256 of the exact bytes that a trusted run wrote (`vqbench run --trusted`, run by maintainers on
-main) or reproduced within tolerance (`vqbench validate NAME --reproduce --sample N --record`). CI
+main) or reproduced to rounding on the CPU kind that produced them (`vqbench validate NAME --sample N
+--record`; a match within the wider cross-kind tolerance is not recorded). CI
 refuses a pull request that changes the ledger, so a submitter cannot confirm their own numbers,
 and an edited result no longer matches its digest. The leaderboard labels every result without a
 matching entry "self-reported".
