@@ -38,17 +38,15 @@ KINDS = {  # environment that makes this CPU run the kernels another kind would
 def committed_sample(tasks_glob: list[str], per_submission: int, seed: int) -> list[tuple[str, str, int]]:
     """(submission, task, seed) of `per_submission` current successful committed results each."""
     from vqbench.paths import project_root
-    from vqbench.results import iter_results
     from vqbench.submissions import get_submission, list_submissions
     from vqbench.tasks import list_tasks
+    from vqbench.validate import current_results
 
-    tasks = {t.id: t for t in list_tasks(tasks_glob)}
+    tasks = {t.id for t in list_tasks(tasks_glob)}
     rng, picked = random.Random(seed), []
     for name in list_submissions():
-        sub = get_submission(name)
-        current = [(name, r["task"], r["seed"]) for _, r in iter_results(project_root() / "results" / name)
-                   if r and r.get("status") == "ok" and r["task"] in tasks
-                   and (r["provenance"]["submission_hash"], r["provenance"]["task_hash"]) == (sub.hash, tasks[r["task"]].hash)]
+        current = [(name, task.id, s) for _, task, s, _ in
+                   current_results(get_submission(name), project_root() / "results", project_root()) if task.id in tasks]
         picked += rng.sample(sorted(current), min(per_submission, len(current)))
     return picked
 

@@ -112,6 +112,13 @@ def cpu_kind() -> dict[str, str | None]:
             "faiss_simd": config.get_level_name() if config else None}
 
 
+def machine_kind(wrapped: dict[str, str | None] | None = None) -> dict[str, Any]:
+    """The provenance fields that decide a CPU result's bits besides code and seed (vqbench.trust
+    compares them): CPU kind, package versions (`wrapped`: the submission's own), Python."""
+    return {"cpu": cpu_kind(), "packages": {**package_versions(), **(wrapped or {})},
+            "python": platform.python_version()}
+
+
 def provenance(root: Path, submission_hash: str, task, device: str, wall_time_s: float,
                executor: str, wrapped: dict[str, str | None] | None = None) -> dict[str, Any]:
     """`wrapped`: versions of the packages the submission requires (Submission.package_versions),
@@ -123,10 +130,8 @@ def provenance(root: Path, submission_hash: str, task, device: str, wall_time_s:
         "task_hash": task.hash,
         "task_version": task.version,
         "submission_hash": submission_hash,
-        "packages": {**package_versions(), **(wrapped or {})},
-        "python": platform.python_version(),
+        **machine_kind(wrapped),
         "device": device,
-        "cpu": cpu_kind(),
         "host": socket.gethostname(),
         "executor": executor,
         "wall_time_s": round(wall_time_s, 3),

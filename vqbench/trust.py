@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+
+from vqbench.results import write_result
 
 LEDGER = "confirmed.json"  # under the results folder; CI refuses pull requests that change it
 
@@ -75,14 +75,8 @@ def record(results_dir: Path, paths: list[Path], how: str) -> Path:
     for path in paths:
         ledger[Path(path).relative_to(results_dir).as_posix()] = {"sha256": file_digest(path), "how": how,
                                                                   "date": now}
-    target = ledger_path(results_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(dict(sorted(ledger.items())), f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, target)
-    return target
+    write_result(ledger_path(results_dir), ledger)  # the results' own atomic, sorted JSON write
+    return ledger_path(results_dir)
 
 
 def draw_sample(candidates: list, n: int, seed: int | None = None) -> tuple[list, int]:

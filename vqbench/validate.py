@@ -18,7 +18,6 @@ harness's self-test, not of the benchmark, so no `--tasks` glob, tier or leaderb
 from __future__ import annotations
 
 import ast
-import platform
 import re
 import tempfile
 import time
@@ -31,7 +30,7 @@ from vqbench.contract import PUBLIC_MODULES
 from vqbench.enforce import JobFailure
 from vqbench.families import get_family
 from vqbench.metrics import METRICS
-from vqbench.results import cpu_kind, iter_results, package_versions
+from vqbench.results import iter_results, machine_kind
 from vqbench.sandbox import Guard, protected_folders, run_in_child, tamper_reason
 from vqbench.schema import ConfigError
 from vqbench.submissions import Submission, get_submission
@@ -187,8 +186,7 @@ def reproduce(submission: Submission, root: Path, results_dir: Path, task_id: st
     else:
         # A result from another CPU kind with a metric whose cross-kind spread was never measured
         # cannot be judged here (exact equality would fail honest work): it is not drawn, and said.
-        here = {"cpu": cpu_kind(), "packages": {**package_versions(), **submission.package_versions()},
-                "python": platform.python_version()}
+        here = machine_kind(submission.package_versions())
         judged = [f for f in found if checkable(f[3]["provenance"], f[3]["metrics"], here)]
         if skipped := len(found) - len(judged):
             checks.append(Check(f"reproduce: {skipped} of {len(found)} results not drawn", True,
