@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from vqbench.job import failed_result, run_contained
 from vqbench.results import clean_partial_writes, is_done, result_path, write_result
-from vqbench.sandbox import Guard, forget_main_script, protected_folders, start_fork_server, tamper_reason
+from vqbench.sandbox import Guard, protected_folders, start_fork_server, tamper_reason
 from vqbench.submissions import Submission
 from vqbench.tasks import not_applicable
 from vqbench.trust import record
@@ -113,7 +113,6 @@ class JobSupervisor:
     the child's, as before."""
 
     def __init__(self):
-        forget_main_script()  # Ray's worker script: children would re-import ray to run it
         start_fork_server()  # its imports overlap the actor's handshake with the driver
 
     def node(self) -> str:

@@ -136,12 +136,24 @@ def bounded_output(limit: int = OUTPUT_TAIL_CHARS) -> Iterator[Tail]:
         tail.text = bytes(kept).decode(errors="replace")[-limit:]
 
 
-def forget_main_script() -> None:
-    """For a process whose __main__ is another program's script that never holds a job target (a
-    Ray worker's is Ray's default_worker.py): children must not re-run it. multiprocessing has each
-    child import the parent's main script by path (Python 3.11 never preloads it in the fork
-    server), and Ray's imports ray: 0.23 s of every job stage, 0.7 s a job (bench/ray_fanout.py)."""
-    sys.modules["__main__"].__dict__.pop("__file__", None)
+@contextmanager
+def _main_hidden_unless_needed(target: Callable) -> Iterator[None]:
+    """While a child starts, hide the parent's main module from multiprocessing unless the target
+    lives there. Otherwise each child re-runs the parent's main script by path or module name
+    (Python 3.11 never preloads it in the fork server): a Ray worker's default_worker.py imports ray
+    (0.23 s a process, 0.7 s a job: bench/ray_fanout.py), the `vqbench` console script or a bench
+    script about 0.03 s a process (bench/job_overhead.py)."""
+    main = sys.modules["__main__"]
+    if getattr(target, "__module__", None) == "__main__":
+        yield
+        return
+    saved = {name: main.__dict__[name] for name in ("__file__", "__spec__") if name in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None  # read as an attribute: it must exist
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
 
 
 def start_fork_server() -> None:
@@ -343,7 +355,8 @@ def run_in_child(target: Callable, args: tuple, timeout_s: float, memory_gb: flo
     env = {**os.environ, "VQBENCH_HOME": str(cache_home())}
     proc = ctx.Process(target=_child_main, args=(send, env, memory_gb, target, args, confined), daemon=True)
     start = time.monotonic()
-    proc.start()
+    with _main_hidden_unless_needed(target):
+        proc.start()
     send.close()
     outcome = ChildOutcome()
     try:
