@@ -11,7 +11,9 @@ between seeds of the same results (what the leaderboard's ± shows) for scale.
 
 Not covered: other microarchitectures at the same level (e.g. Intel vs AMD AVX-512, whose MKL
 paths may differ), GPUs, other package builds. Usage:
-    python bench/cross_cpu.py [--per-submission 2] [--tasks 'synthetic/*'] [--kinds native,avx2,sse] [--json out.json]
+    python bench/cross_cpu.py [--per-submission 2] [--tasks 'synthetic/*'] [--submissions 'vq,simvq']
+                              [--kinds native,avx2,sse] [--json out.json]
+(image jobs take about 6 min each here: `--tasks 'image/*' --per-submission 1 --submissions vq,simvq`)
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ KINDS = {  # environment that makes this CPU run the kernels another kind would
 }
 
 
-def committed_sample(tasks_glob: list[str], per_submission: int, seed: int) -> list[tuple[str, str, int]]:
+def committed_sample(tasks_glob: list[str], per_submission: int, seed: int,
+                     submissions: list[str] | None = None) -> list[tuple[str, str, int]]:
     """(submission, task, seed) of `per_submission` current successful committed results each."""
     from vqbench.paths import project_root
     from vqbench.submissions import get_submission, list_submissions
@@ -44,7 +47,7 @@ def committed_sample(tasks_glob: list[str], per_submission: int, seed: int) -> l
 
     tasks = {t.id for t in list_tasks(tasks_glob)}
     rng, picked = random.Random(seed), []
-    for name in list_submissions():
+    for name in submissions or list_submissions():
         current = [(name, task.id, s) for _, task, s, _ in
                    current_results(get_submission(name), project_root() / "results", project_root()) if task.id in tasks]
         picked += rng.sample(sorted(current), min(per_submission, len(current)))
@@ -70,6 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--per-submission", type=int, default=2)
     parser.add_argument("--tasks", action="append")
+    parser.add_argument("--submissions", help="comma-separated names (default: every registered submission)")
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--seed", type=int, default=0, help="draws the sample")
     parser.add_argument("--json", help="write the per-metric figures here")
@@ -80,7 +84,8 @@ def main() -> None:
     from vqbench.paths import project_root
     from vqbench.results import read_result, result_path
 
-    sample = committed_sample(args.tasks or ["synthetic/*"], args.per_submission, args.seed)
+    sample = committed_sample(args.tasks or ["synthetic/*"], args.per_submission, args.seed,
+                              args.submissions.split(",") if args.submissions else None)
     results = project_root() / "results"
     rel = defaultdict(lambda: defaultdict(list))  # kind -> metric -> relative differences
     with tempfile.TemporaryDirectory(prefix="vqbench-cross-cpu-") as tmp:

@@ -109,8 +109,11 @@ def _run_locked(args, root: Path, results_dir: Path) -> int:
             print(f"not applicable to {sub.name} (it needs {', '.join(sub.meta.needs)}), not run: {', '.join(na)}",
                   file=sys.stderr)
     if jobs:
-        from vqbench.sandbox import confinement_in_force
-        print(f"confinement of submission code: {confinement_in_force()}", file=sys.stderr)
+        from vqbench.sandbox import confinement_in_force, confinement_warning
+        state = confinement_in_force()
+        print(f"confinement of submission code: {state}", file=sys.stderr)
+        if warning := confinement_warning(state):
+            print(warning, file=sys.stderr)
     summary = run(jobs, root, results_dir, args.executor, args.workers, args.ray_address, args.timeout,
                   show_progress=not args.quiet, trusted=args.trusted)
     print(f"done: {len(summary.done)} ok, {len(summary.failed)} failed, {skipped} skipped; "
@@ -126,8 +129,11 @@ def cmd_validate(args) -> int:
     from vqbench.validate import format_check, validate
     root = project_root()
     results_dir = Path(args.results_dir) if args.results_dir else root / "results"
-    from vqbench.sandbox import confinement_in_force
-    print(f"vqbench validate {args.submission} (confinement: {confinement_in_force()})", flush=True)
+    from vqbench.sandbox import confinement_in_force, confinement_warning
+    state = confinement_in_force()
+    print(f"vqbench validate {args.submission} (confinement: {state})", flush=True)
+    if warning := confinement_warning(state):
+        print(warning, flush=True)
     with exclusive_project(root):
         checks = validate(args.submission, root, results_dir, args.task, args.seed,
                           args.reproduce or args.sample is not None, args.timeout,

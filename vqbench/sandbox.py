@@ -215,15 +215,19 @@ def confine() -> str:
     - no network: a fresh network namespace has only a downed loopback;
     - a PID namespace whose init is the job: every process it starts, setsid or not, dies with it.
     Returns what is in force; where the platform refuses namespaces it says so, and the job runs
-    under the time, memory and output limits alone."""
+    under the time, memory and output limits alone (a root supervisor whose user namespace is refused
+    after its own mount namespace worked keeps the read-only remounts: "partial").
+    tests/test_confinement_refused.py has the kernel refuse them for real."""
     if os.environ.get(NO_NAMESPACES_ENV):
         return f"none: ${NO_NAMESPACES_ENV} is set; time, memory and output limits only"
     uid, gid = os.geteuid(), os.getegid()
+    remounted = False
     try:
         os.makedirs(SCRATCH, exist_ok=True)
         if uid == 0:  # a root supervisor remounts in a namespace of its own; otherwise the user ns does
             _libc_call("unshare", CLONE_NEWNS)
             _remount_read_only()
+            remounted = True
             _libc_call("unshare", CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET)
         else:
             _libc_call("unshare", CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET)
@@ -233,10 +237,18 @@ def confine() -> str:
         if uid != 0:
             _remount_read_only()
     except OSError as e:
-        return f"none: namespaces refused ({e.strerror or e}); time, memory and output limits only"
+        if not remounted:
+            return f"none: namespaces refused ({e.strerror or e}); time, memory and output limits only"
+        _use_scratch()  # the file systems are read-only already: the job needs somewhere to write
+        return (f"partial: read-only file systems (root: not locked), private scratch; user, PID and network "
+                f"namespaces refused ({e.strerror or e}); time, memory and output limits")
+    _use_scratch()
+    return "namespaces: read-only file systems, private scratch, no network, own PID namespace"
+
+
+def _use_scratch() -> None:
     os.environ["HOME"] = os.environ["XDG_CACHE_HOME"] = os.environ["TMPDIR"] = SCRATCH
     tempfile.tempdir = SCRATCH
-    return "namespaces: read-only file systems, private scratch, no network, own PID namespace"
 
 
 def _remount_read_only() -> None:
@@ -411,6 +423,16 @@ def run_in_child(target: Callable, args: tuple, timeout_s: float, memory_gb: flo
         _kill_group(proc)
     outcome.wall_time_s = time.monotonic() - start
     return outcome
+
+
+def confinement_warning(state: str) -> str | None:
+    """What a user must know when `state` (from confinement_in_force) is not full confinement."""
+    if state.startswith("namespaces"):
+        return None
+    return ("warning: submission code is not fully confined on this machine: the guard still detects "
+            "and undoes changes to results/, submissions/, tasks/ and leaderboard/, but a process a job "
+            "detaches can outlive it and the network is reachable; run untrusted submissions where user "
+            "namespaces are allowed (docs/trust.md)")
 
 
 def _nothing(emit) -> None:
