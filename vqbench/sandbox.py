@@ -179,7 +179,7 @@ def contain(memory_gb: float) -> None:
 
 
 CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWUSER = 0x00020000, 0x20000000, 0x40000000, 0x10000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
 
 
 def _libc_call(name: str, *args) -> None:
@@ -279,16 +279,25 @@ def _exit_like(pid: int, signal_as_status: bool) -> None:
     os._exit(code)
 
 
-def _enter_pid_namespace() -> None:
+def _enter_pid_namespace() -> bool:
     """After unshare(CLONE_NEWPID) the next child is the namespace's init (PID 1), which ignores
     signals it has no handler for (abort() included). So: a waiter here, a minimal init, and the job
-    as PID 2; when the job ends, its init ends, and the kernel kills whatever else the job started."""
+    as PID 2; when the job ends, its init ends, and the kernel kills whatever else the job started.
+    The init mounts a /proc of the new namespace: under the host's, getpid() (2) names another
+    process's /proc entry, and the CUDA driver fails to start (error 304; seen on an H100, where
+    the user, mount and network namespaces alone let it run). Returns whether that mount worked."""
     if pid := os.fork():
         _exit_like(pid, signal_as_status=False)
     _die_with_parent()
+    try:
+        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        own_proc = True
+    except OSError:  # a /proc with masked entries (some containers) cannot be mounted afresh in a user ns
+        own_proc = False
     if pid := os.fork():
         _exit_like(pid, signal_as_status=True)
     _die_with_parent()
+    return own_proc
 
 
 def _die_with_parent() -> None:
@@ -322,8 +331,8 @@ def _child_main(conn, env: dict, memory_gb: float, target: Callable, args: tuple
     os.environ.update(env)
     if confined:  # before any submission code exists in this process
         state = confine()
-        if state.startswith("namespaces"):
-            _enter_pid_namespace()
+        if state.startswith("namespaces") and not _enter_pid_namespace():
+            state += " (the host's /proc: CUDA cannot start)"
         _send(conn, ["confinement", state])
     try:
         import torch
