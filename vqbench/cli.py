@@ -11,6 +11,16 @@ from vqbench.paths import project_root
 from vqbench.schema import ConfigError
 
 
+
+class HELP(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help says its default, unless there is none to say (None, a flag's False)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _seeds(text: str) -> list[int]:
     try:
         return [int(s) for s in text.split(",") if s.strip()]
@@ -18,10 +28,23 @@ def _seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--seeds {text!r}: give comma-separated integers, e.g. 0,1,2") from None
 
 
+def _nothing_matches(what: str, pattern: str, how: str) -> ConfigError:
+    return ConfigError(None, what, f"nothing matches {pattern!r}", f"list every one with `{how}`")
+
+
 def cmd_tasks_list(args) -> int:
     from tabulate import tabulate
     from vqbench.tasks import list_tasks
     tasks = list_tasks(args.pattern, args.tier)
+    if not tasks:
+        raise _nothing_matches("pattern", args.pattern + (f" (tier {args.tier})" if args.tier else ""),
+                               "vqbench tasks list")
+    if args.json:
+        print(json.dumps([{"id": t.id, "family": t.family, "tier": t.tier, "version": t.version,
+                           "codebook_size": t.quantizer.codebook_size, "dim": t.quantizer.dim,
+                           "steps": t.train.steps, "seeds": list(t.seeds), "hash": t.hash,
+                           "description": t.description} for t in tasks], indent=2))
+        return 0
     rows = [(t.id, t.tier, f"v{t.version}", t.quantizer.codebook_size, t.quantizer.dim, t.train.steps,
              ",".join(map(str, t.seeds)), t.hash) for t in tasks]
     print(tabulate(rows, headers=["task", "tier", "version", "K", "dim", "steps", "seeds", "hash"]))
@@ -42,7 +65,10 @@ def cmd_submissions_list(args) -> int:
     from tabulate import tabulate
     from vqbench.submissions import get_submission, list_submissions
     rows = []
-    for name in list_submissions(args.pattern):
+    names = list_submissions(args.pattern)
+    if not names:
+        raise _nothing_matches("pattern", args.pattern, "vqbench submissions list")
+    for name in names:
         try:
             sub = get_submission(name)
             missing = sub.missing_requirements()
@@ -50,6 +76,10 @@ def cmd_submissions_list(args) -> int:
                          f"needs {', '.join(missing)}" if missing else "ok"))
         except ConfigError as e:
             rows.append((name, "", "", "", f"invalid: {e}"))
+    if args.json:
+        keys = ("name", "display_name", "entrypoint", "hash", "status")
+        print(json.dumps([dict(zip(keys, row)) for row in rows], indent=2))
+        return 0
     print(tabulate(rows, headers=["submission", "display name", "entrypoint", "hash", "status"]))
     return 0
 
@@ -123,8 +153,10 @@ def _run_locked(args, root: Path, results_dir: Path) -> int:
 
 def cmd_validate(args) -> int:
     from vqbench.sandbox import exclusive_project
+    from vqbench.submissions import get_submission
     from vqbench.validate import format_check, validate
     root = project_root()
+    get_submission(args.submission)  # an unknown name is a usage error (exit 2), as in every command
     results_dir = Path(args.results_dir) if args.results_dir else root / "results"
     from vqbench.sandbox import confinement_in_force
     print(f"vqbench validate {args.submission} (confinement: {confinement_in_force()})", flush=True)
@@ -184,6 +216,9 @@ def cmd_data_list(args) -> int:
 
 def cmd_data_fetch(args) -> int:
     from vqbench.families.sources import DataSourceError, all_sources, fetch
+    if unknown := [n for n in args.names if n not in all_sources()]:
+        raise ConfigError(None, "NAME", f"no data source {', '.join(map(repr, unknown))}",
+                          f"known: {', '.join(all_sources())} (`vqbench data list`)")
     failed = 0
     for name in args.names or list(all_sources()):
         try:
@@ -216,40 +251,47 @@ def cmd_metrics(args) -> int:
 
 
 def _add_registry_commands(sub) -> None:
-    tasks = sub.add_parser("tasks", help="the task registry").add_subparsers(dest="action", required=True)
-    p = tasks.add_parser("list", help="list tasks matching a glob")
-    p.add_argument("pattern", nargs="?", default="*")
-    p.add_argument("--tier", choices=["lite", "full"])
+    tasks = sub.add_parser("tasks", help="the task registry", formatter_class=HELP).add_subparsers(
+        dest="action", required=True)
+    p = tasks.add_parser("list", help="list tasks matching a glob", formatter_class=HELP)
+    p.add_argument("pattern", nargs="?", default="*", help="glob over task ids or task file ids; matching none is an error")
+    p.add_argument("--tier", choices=["lite", "full"], help="only tasks of this tier (default: both)")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.set_defaults(func=cmd_tasks_list)
-    p = tasks.add_parser("show", help="show one task's resolved spec")
-    p.add_argument("task_id")
+    p = tasks.add_parser("show", help="show one task's resolved spec", formatter_class=HELP)
+    p.add_argument("task_id", help="a task id, e.g. 'synthetic/codebook-scaling@codebook_size=4096'")
     p.set_defaults(func=cmd_tasks_show)
 
-    subs = sub.add_parser("submissions", help="registered quantizers").add_subparsers(dest="action", required=True)
-    p = subs.add_parser("list")
-    p.add_argument("pattern", nargs="?", default="*")
+    subs = sub.add_parser("submissions", help="registered quantizers", formatter_class=HELP).add_subparsers(
+        dest="action", required=True)
+    p = subs.add_parser("list", help="list submissions matching a glob", formatter_class=HELP)
+    p.add_argument("pattern", nargs="?", default="*", help="glob over submission names; matching none is an error")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.set_defaults(func=cmd_submissions_list)
 
-    p = sub.add_parser("metrics", help="every registered metric: label, direction, unit, definition")
+    p = sub.add_parser("metrics", help="every registered metric: label, direction, unit, definition",
+                       formatter_class=HELP)
     p.add_argument("--markdown", action="store_true", help="a markdown table (docs)")
     p.set_defaults(func=cmd_metrics)
 
-    data = sub.add_parser("data", help="list and fetch the downloadable data and weights").add_subparsers(
-        dest="data_command", required=True)
-    data.add_parser("list", help="show each data source, cached or missing").set_defaults(func=cmd_data_list)
-    p = data.add_parser("fetch", help="download and verify data sources (default: all)")
+    data = sub.add_parser("data", help="list and fetch the downloadable data and weights",
+                          formatter_class=HELP).add_subparsers(dest="data_command", required=True)
+    data.add_parser("list", help="show each data source, cached or missing",
+                    formatter_class=HELP).set_defaults(func=cmd_data_list)
+    p = data.add_parser("fetch", help="download and verify data sources (default: all)", formatter_class=HELP)
     p.add_argument("names", nargs="*", metavar="NAME", help="sources to fetch (see `vqbench data list`)")
     p.set_defaults(func=cmd_data_fetch)
 
 
 def _add_run_command(sub) -> None:
-    p = sub.add_parser("run", help="train and evaluate submissions on tasks")
+    p = sub.add_parser("run", help="train and evaluate submissions on tasks", formatter_class=HELP)
     p.add_argument("--submission", action="append", required=True, help="name or folder; repeatable")
-    p.add_argument("--tasks", action="append", help="glob over task ids, e.g. 'synthetic/*'; repeatable")
-    p.add_argument("--tier", choices=["lite", "full"], default="lite")
+    p.add_argument("--tasks", action="append", help="glob over task ids, e.g. 'synthetic/*'; repeatable (default: all)")
+    p.add_argument("--tier", choices=["lite", "full"], default="lite", help="which tier's tasks to run")
     p.add_argument("--seeds", type=_seeds, help="comma-separated; default: each task's own seeds")
     p.add_argument("--results-dir", help="default: results/ in the project")
-    p.add_argument("--executor", choices=["ray", "serial"], default="ray")
+    p.add_argument("--executor", choices=["ray", "serial"], default="ray",
+                   help="ray: parallel jobs; serial: one at a time in this process's children (debugging, CI)")
     p.add_argument("--workers", type=int, help="local Ray CPUs (default: all cores)")
     p.add_argument("--ray-address", help="attach to an existing Ray cluster, e.g. 127.0.0.1:6379")
     p.add_argument("--timeout", type=float, help="seconds per job (default: the task's resources.timeout_s)")
@@ -266,7 +308,8 @@ def _add_run_command(sub) -> None:
 
 
 def _add_check_commands(sub) -> None:
-    p = sub.add_parser("validate", help="check a submission: schema, contract, anti-cheat probes, smoke run")
+    p = sub.add_parser("validate", help="check a submission: schema, contract, anti-cheat probes, smoke run",
+                       formatter_class=HELP)
     p.add_argument("submission", help="name under submissions/ or a folder")
     p.add_argument("--task", help="task id whose dim/K the contract checks use (default: the smoke task's); "
                                   "with --reproduce, the task to reproduce")
@@ -281,15 +324,19 @@ def _add_check_commands(sub) -> None:
     p.add_argument("--timeout", type=float, help="seconds for the contract checks and for each run")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("leaderboard", help="regenerate leaderboard/ from results/")
-    p.add_argument("--results-dir")
-    p.add_argument("--out")
+    p = sub.add_parser("leaderboard", help="regenerate leaderboard/ (markdown, plots, site/, exports) from results/",
+                       formatter_class=HELP)
+    p.add_argument("--results-dir", help="results to read (default: results/ in the project); a folder that does not "
+                                         "exist or holds no result is an error and nothing is written")
+    p.add_argument("--out", help="folder to write (default: leaderboard/ in the project)")
     p.add_argument("--check", action="store_true", help="exit 1 when leaderboard/ is not what results/ gives")
     p.set_defaults(func=cmd_leaderboard)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vqbench", description=__doc__)
+    from vqbench import __version__
+    parser = argparse.ArgumentParser(prog="vqbench", description=__doc__, formatter_class=HELP)
+    parser.add_argument("--version", action="version", version=f"vqbench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_registry_commands(sub)
     _add_run_command(sub)
@@ -301,9 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as e:
+    except ConfigError as e:  # a usage error: unknown name, pattern matching nothing, bad value (argparse's code too)
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # results are written atomically: rerunning resumes
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

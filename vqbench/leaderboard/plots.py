@@ -74,8 +74,9 @@ def sweep_plot(base_id: str, file_tasks: list, board: Board, style: dict) -> tup
     ordered = sorted(file_tasks, key=lambda t: t.sweep_point[0][1])
     names = [s for s in sorted(board.subs) if any((t.id, s) in board.ok for t in ordered)]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    panels = [(axes[0], "utilization", "utilization vs " + ("K" if rate else field.split(".")[-1])),
-              (axes[1], primary, f"{'rate (bits/token)' if rate else field.split('.')[-1]} vs {primary}")]
+    x = field.split(".")[-1]
+    panels = [(axes[0], "utilization", "utilization vs " + ("K" if rate else x)),
+              (axes[1], primary, f"{METRICS[primary].label or primary} vs " + ("rate (bits/token)" if rate else x))]
     curves = {p[1]: {} for p in panels}
     every = {p[1]: [] for p in panels}
     for s in names:
@@ -106,7 +107,7 @@ def sweep_plot(base_id: str, file_tasks: list, board: Board, style: dict) -> tup
             ax.set_xscale("log", base=2)
         if name != "utilization" and spans_decades(every[name]):
             ax.set_yscale("log")
-        ax.set_xlabel("bits/token" if rate and name != "utilization" else ("K" if rate else field.split(".")[-1]))
+        ax.set_xlabel("bits/token" if rate and name != "utilization" else ("K" if rate else x))
         ax.set_ylabel(axis_label(name))
         ax.set_title(title, fontsize=9)
     axes[0].set_ylim(0, 1.02)  # utilization is a fraction: keep the full scale visible
@@ -115,7 +116,7 @@ def sweep_plot(base_id: str, file_tasks: list, board: Board, style: dict) -> tup
     axes[2].set_xlim(0, 1.02)
     axes[2].set_xlabel(axis_label("utilization"))
     axes[2].set_ylabel(axis_label(primary))
-    axes[2].set_title(f"{primary} vs utilization (one point per task)", fontsize=9)
+    axes[2].set_title(f"{METRICS[primary].label or primary} vs utilization (one point per task)", fontsize=9)
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle(base_id)
