@@ -1,0 +1,60 @@
+"""The command line's conventions: --version, JSON listings, usage errors exit 2 everywhere (an
+unknown name, a pattern that matches nothing), Ctrl-C ends with 130 and no traceback."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vqbench import __version__
+from vqbench.cli import build_parser, main
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"vqbench {__version__}"
+
+
+@pytest.mark.parametrize("args, key, expected", [
+    (["tasks", "list", "synthetic/*", "--json"], "id", ["synthetic/tiny"]),
+    (["submissions", "list", "min*", "--json"], "name", ["minimal"]),
+])
+def test_listings_as_json(project, capsys, args, key, expected):
+    assert main(args) == 0
+    assert [row[key] for row in json.loads(capsys.readouterr().out)] == expected
+
+
+@pytest.mark.parametrize("args", [
+    ["tasks", "list", "nothing/*"],
+    ["submissions", "list", "nothing*"],
+    ["tasks", "show", "synthetic/nope"],
+    ["validate", "nope"],
+    ["run", "--submission", "nope", "--executor", "serial"],
+    ["data", "fetch", "nope"],
+])
+def test_unknown_names_and_empty_matches_are_usage_errors(project, capsys, args):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "Traceback" not in err
+
+
+def test_ctrl_c_ends_cleanly(project, capsys, monkeypatch):
+    import vqbench.cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(vqbench.cli, "cmd_tasks_list", interrupted)
+    assert main(["tasks", "list"]) == 130 and capsys.readouterr().err == "interrupted\n"
+
+
+def test_every_option_has_help():
+    def walk(parser):
+        for action in parser._actions:
+            if action.choices and isinstance(action.choices, dict):  # subcommands
+                for sub in action.choices.values():
+                    yield from walk(sub)
+            elif action.dest != "help":
+                yield parser.prog, action
+    missing = [f"{prog} {a.option_strings or a.dest}" for prog, a in walk(build_parser()) if not a.help]
+    assert missing == []
