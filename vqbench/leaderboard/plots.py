@@ -121,7 +121,7 @@ def sweep_plot(base_id: str, file_tasks: list, board: Board, style: dict) -> tup
         ax.grid(alpha=0.3)
     fig.suptitle(base_id)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.tight_layout(rect=(0, 0, 0.76, 1))
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
     fig.legend(handles, labels, fontsize=7, loc="center right", frameon=False)
     buf = io.BytesIO()
     fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
