@@ -58,3 +58,11 @@ def test_every_option_has_help():
                 yield parser.prog, action
     missing = [f"{prog} {a.option_strings or a.dest}" for prog, a in walk(build_parser()) if not a.help]
     assert missing == []
+
+
+def test_dry_run_lists_the_jobs_of_a_submission_glob_and_runs_nothing(project, capsys):
+    assert main(["run", "--submission", "min*", "--tasks", "synthetic/tiny", "--seeds", "0,1", "--dry-run"]) == 0
+    out = capsys.readouterr()
+    assert out.out.splitlines() == ["minimal\tsynthetic/tiny\tseed 0", "minimal\tsynthetic/tiny\tseed 1"]
+    assert "2 job(s) would run, 0 already done" in out.err and not (project / "results").exists()
+    assert main(["run", "--submission", "zzz*", "--dry-run"]) == 2

@@ -112,21 +112,48 @@ def cmd_run(args) -> int:
     for family, folder in _data_folders(args.data or [], args.data_root).items():
         os.environ[data_root_env(family)] = str(folder)  # the runner forwards VQBENCH_* to every worker
     results_dir = Path(args.results_dir) if args.results_dir else root / "results"
+    if args.dry_run:  # reads only: no lock, nothing imported or run
+        jobs, skipped, _, _ = _plan(args, results_dir)
+        for job in jobs:
+            print(f"{job.submission.name}\t{job.task.id}\tseed {job.seed}")
+        print(f"{len(jobs)} job(s) would run, {skipped} already done (--force reruns them)", file=sys.stderr)
+        return 0
     with exclusive_project(root):
         return _run_locked(args, root, results_dir)
 
 
-def _run_locked(args, root: Path, results_dir: Path) -> int:
-    from vqbench.runner import plan, run
-    from vqbench.submissions import get_submission
+def _submissions(names: list[str]) -> list:
+    """--submission values: names, folders, or globs over registered names (matching none is an error)."""
+    from vqbench.submissions import get_submission, list_submissions
+    chosen = {}
+    for name in names:
+        if any(c in name for c in "*?[") and not Path(name).is_dir():
+            matched = list_submissions(name)
+            if not matched:
+                raise _nothing_matches("--submission", name, "vqbench submissions list")
+            chosen.update((n, get_submission(n)) for n in matched)
+        else:
+            sub = get_submission(name)
+            chosen[sub.name] = sub
+    return list(chosen.values())
+
+
+def _plan(args, results_dir: Path):
+    from vqbench.runner import plan
     from vqbench.tasks import list_tasks
-    from vqbench.validate import import_problem
-    submissions = [get_submission(name) for name in args.submission]
+    submissions = _submissions(args.submission)
     tasks = list_tasks(args.tasks or ["*"], args.tier)
     if not tasks:
         raise ConfigError(None, "--tasks", f"no {args.tier or ''} task matches {' or '.join(args.tasks or ['*'])!r}",
                           "list them with `vqbench tasks list`")
     jobs, skipped = plan(submissions, tasks, args.seeds, results_dir, args.force)
+    return jobs, skipped, submissions, tasks
+
+
+def _run_locked(args, root: Path, results_dir: Path) -> int:
+    from vqbench.runner import run
+    from vqbench.validate import import_problem
+    jobs, skipped, submissions, tasks = _plan(args, results_dir)
     # Fail fast on an unimportable submission, before any job starts; with nothing to run, start nothing.
     for sub in {job.submission.name: job.submission for job in jobs}.values():
         if problem := import_problem(sub, root, results_dir):
@@ -285,7 +312,8 @@ def _add_registry_commands(sub) -> None:
 
 def _add_run_command(sub) -> None:
     p = sub.add_parser("run", help="train and evaluate submissions on tasks", formatter_class=HELP)
-    p.add_argument("--submission", action="append", required=True, help="name or folder; repeatable")
+    p.add_argument("--submission", action="append", required=True,
+                   help="name, folder or glob over names (e.g. 'ext_*'); repeatable")
     p.add_argument("--tasks", action="append", help="glob over task ids, e.g. 'synthetic/*'; repeatable (default: all)")
     p.add_argument("--tier", choices=["lite", "full"], default="lite", help="which tier's tasks to run")
     p.add_argument("--seeds", type=_seeds, help="comma-separated; default: each task's own seeds")
@@ -297,6 +325,7 @@ def _add_run_command(sub) -> None:
     p.add_argument("--timeout", type=float, help="seconds per job (default: the task's resources.timeout_s)")
     p.add_argument("--force", action="store_true", help="rerun jobs that already have a current result")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--dry-run", action="store_true", help="print the jobs that would run (one per line) and exit")
     p.add_argument("--trusted", action="store_true",
                    help="enter each result this run produces in <results-dir>/confirmed.json: for runs the project "
                         "controls (maintainers, on main); CI refuses pull requests that change that file")
