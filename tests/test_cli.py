@@ -66,3 +66,19 @@ def test_dry_run_lists_the_jobs_of_a_submission_glob_and_runs_nothing(project, c
     assert out.out.splitlines() == ["minimal\tsynthetic/tiny\tseed 0", "minimal\tsynthetic/tiny\tseed 1"]
     assert "2 job(s) would run, 0 already done" in out.err and not (project / "results").exists()
     assert main(["run", "--submission", "zzz*", "--dry-run"]) == 2
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"VQBENCH_HOME": "{tmp}/home", "XDG_CACHE_HOME": "{tmp}/xdg"}, "{tmp}/home"),
+    ({"XDG_CACHE_HOME": "{tmp}/xdg"}, "{tmp}/xdg/vqbench"),
+    ({"HOME": "{tmp}/user"}, "{tmp}/user/.cache/vqbench"),
+])
+def test_the_cache_honours_vqbench_home_then_xdg_cache_home(monkeypatch, tmp_path, env, expected):
+    from pathlib import Path
+
+    from vqbench.paths import cache_home
+    for name in ("VQBENCH_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(tmp=tmp_path))
+    assert cache_home() == Path(expected.format(tmp=tmp_path))
