@@ -235,7 +235,8 @@ def test_site_and_exports_come_from_results_and_check_covers_them(project):
     write_leaderboard(results, out)
     site = out / "site"
     pages = sorted(p.relative_to(site).as_posix() for p in site.rglob("*.html"))
-    assert pages == ["index.html", "submissions/minimal.html", "tasks/synthetic_tiny.html"]
+    assert pages == ["index.html", "submissions/minimal.html", "submissions/raises.html", "tasks/synthetic_tiny.html"]
+    assert "fixture exploded on purpose" in (site / "submissions" / "raises.html").read_text()  # failed jobs shown
     task_page = (site / "tasks" / "synthetic_tiny.html").read_text()
     linked = {unquote(h) for h in re.findall(r'href="([^"#]+/seed-[0-9]+\.json)"', task_page)}
     assert linked == {f"../../../results/minimal/synthetic/tiny/seed-{i}.json" for i in (0, 1)}

@@ -119,7 +119,7 @@ def sub_context(board: Board, s: str, links: Links) -> dict:
 
 
 def index_context(board: Board, links: Links, plots: dict) -> dict:
-    families = []
+    families, family_of = [], {t.base_id: t.family for t in board.tasks.values()}
     for f in board.families:
         fam = get_family(f)
         rows = []
@@ -129,13 +129,16 @@ def index_context(board: Board, links: Links, plots: dict) -> dict:
         families.append({"label": fam.label, "primary": fam.primary_metric, "rows": rows,
                          "tasks": [{"id": t, "href": links.task(t)} for t in board.family_tasks(f)],
                          "plots": [{"src": links.plot(p[0]), "captions": p[2], "base_id": b}
-                                   for b, p in plots.items() if board.tasks[next(t for t in board.tasks
-                                                                                if board.tasks[t].base_id == b)].family == f]})
+                                   for b, p in plots.items() if family_of[b] == f]})
     n_ok = sum(len(v) for v in board.ok.values())
     return {"families": families, "n_ok": n_ok, "n_self": board.self_reported([r for v in board.ok.values() for r in v]),
             "n_failed": len(board.failed), "n_stale": len(board.stale), "n_unreadable": len(board.unreadable),
-            "subs": [{"name": board.subs[s].meta.display_name, "href": links.sub(s), "id": s}
-                     for s in sorted({s for (_, s) in board.ok})]}
+            "subs": [{"name": board.subs[s].meta.display_name, "href": links.sub(s), "id": s} for s in shown(board)]}
+
+
+def shown(board: Board) -> list[str]:
+    """Submissions with a page: a current result, ok or failed."""
+    return sorted({s for (_, s) in board.ok} | {r["submission"] for r in board.failed})
 
 
 def render_site(board: Board, plots: dict, results_rel: str) -> dict[str, bytes]:
@@ -147,10 +150,10 @@ def render_site(board: Board, plots: dict, results_rel: str) -> dict[str, bytes]
     for tid in sorted({t for (t, _) in board.ok}):
         ctx = task_context(board, board.tasks[tid], deep, plots)
         files[f"{SITE}/tasks/{slug(tid)}.html"] = env.get_template("task.html").render(up="../", **ctx)
-    for s in sorted({s for (_, s) in board.ok}):
+    for s in shown(board):
         files[f"{SITE}/submissions/{slug(s)}.html"] = env.get_template("submission.html").render(
             up="../", **sub_context(board, s, deep))
-    if len(files) != 1 + len({t for (t, _) in board.ok}) + len({s for (_, s) in board.ok}):
+    if len(files) != 1 + len({t for (t, _) in board.ok}) + len(shown(board)):
         raise ValueError("two task ids or submission names share a page name")  # slug() collision
     return {k: v.encode() for k, v in files.items()}
 
