@@ -82,3 +82,18 @@ def test_the_cache_honours_vqbench_home_then_xdg_cache_home(monkeypatch, tmp_pat
     for name, value in env.items():
         monkeypatch.setenv(name, value.format(tmp=tmp_path))
     assert cache_home() == Path(expected.format(tmp=tmp_path))
+
+
+def test_run_prints_a_json_summary_and_its_scores_beside_the_others(project, capsys):
+    args = ["run", "--tasks", "synthetic/tiny", "--executor", "serial", "--quiet", "--json"]
+    assert main([*args, "--submission", "minimal"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert [(r["submission"], r["seed"], r["status"]) for r in first["done"]] == [("minimal", 0, "ok")]
+    assert first["failed"] == [] and first["skipped"] == 0
+    assert main([*args, "--submission", "raises", "--submission", "minimal"]) == 1  # minimal: resumed, skipped
+    out = capsys.readouterr()
+    summary = json.loads(out.out)
+    assert summary["skipped"] == 1 and [r["submission"] for r in summary["failed"]] == ["raises"]
+    assert "beside the best other current submission" in out.err
+    row = next(line for line in out.err.splitlines() if line.startswith("synthetic/tiny") and "minimal" in line)
+    assert "distortion_ratio ↓" in row and " 1/1 " in row and row.endswith("(none yet)")

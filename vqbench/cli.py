@@ -175,7 +175,33 @@ def _run_locked(args, root: Path, results_dir: Path) -> int:
     for result in summary.failed:
         print(f"  FAILED {result['submission']} | {result['task']} | seed {result['seed']}: "
               f"{result['error']['reason']}", file=sys.stderr)
+    _print_scores(root, results_dir, [s.name for s in submissions], sorted({j.task.id for j in jobs}))
+    if args.json:
+        keep = ("submission", "task", "seed", "status", "bits_per_token", "metrics")
+        print(json.dumps({"results_dir": str(results_dir), "skipped": skipped,
+                          "done": [{k: r.get(k) for k in keep} for r in summary.done],
+                          "failed": [{**{k: r.get(k) for k in keep[:4]}, "reason": r["error"]["reason"]}
+                                     for r in summary.failed]}, indent=2))
     return 1 if summary.failed else 0
+
+
+def _print_scores(root: Path, results_dir: Path, submissions: list[str], task_ids: list[str]) -> None:
+    """The run's scores beside every other current submission's on the same tasks (stderr)."""
+    from tabulate import tabulate
+    from vqbench.leaderboard.board import collect, compare
+    from vqbench.metrics import METRICS
+    if not task_ids:
+        return
+    rows = []
+    for c in compare(collect(results_dir, root), submissions, task_ids):
+        spec = METRICS[c.metric].fmt
+        rows.append((c.task, c.submission, f"{c.metric} {'↑' if METRICS[c.metric].higher_is_better else '↓'}",
+                     c.score.fmt(spec) if c.score else "n/a", f"{c.rank}/{c.of}" if c.rank else "n/a",
+                     f"{c.best_other[0]}: {c.best_other[1].fmt(spec)}" if c.best_other else "(none yet)"))
+    if rows:
+        print("\nscores (mean ± Student-t 95% interval over seeds) beside the best other current submission:\n"
+              + tabulate(rows, headers=["task", "submission", "metric", "score", "rank", "best other"]),
+              file=sys.stderr)
 
 
 def cmd_validate(args) -> int:
@@ -326,6 +352,7 @@ def _add_run_command(sub) -> None:
     p.add_argument("--force", action="store_true", help="rerun jobs that already have a current result")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--dry-run", action="store_true", help="print the jobs that would run (one per line) and exit")
+    p.add_argument("--json", action="store_true", help="print the run's summary as JSON on stdout")
     p.add_argument("--trusted", action="store_true",
                    help="enter each result this run produces in <results-dir>/confirmed.json: for runs the project "
                         "controls (maintainers, on main); CI refuses pull requests that change that file")

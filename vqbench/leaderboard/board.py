@@ -204,3 +204,31 @@ def task_order(board: Board, tid: str) -> list[str]:
         return (len(rows) < 2, m is None, -sign * m.mean if m else 0, s)
 
     return sorted((s for (t, s) in board.ok if t == tid), key=key)
+
+
+@dataclass
+class Comparison:
+    """One submission's score on one task beside every other current submission's (`vqbench run`'s end)."""
+    task: str
+    submission: str
+    metric: str
+    score: Summary | None
+    rank: int | None  # by seed-mean among the submissions with results on the task
+    of: int
+    best_other: tuple[str, Summary] | None  # the best other submission and its score
+
+
+def compare(board: Board, submissions: list[str], task_ids: list[str]) -> list[Comparison]:
+    out = []
+    for tid in task_ids:
+        primary = get_family(board.tasks[tid].family).primary_metric
+        sign = 1 if METRICS[primary].higher_is_better else -1
+        scores = {s: m for (t, s), rs in board.ok.items() if t == tid if (m := summary(rs, primary))}
+        ranked = sorted(scores, key=lambda s: (-sign * scores[s].mean, s))
+        for s in submissions:
+            if (tid, s) not in board.ok:
+                continue
+            others = [o for o in ranked if o != s]
+            out.append(Comparison(tid, s, primary, scores.get(s), ranked.index(s) + 1 if s in scores else None,
+                                  len(ranked), (others[0], scores[others[0]]) if others else None))
+    return out
