@@ -166,7 +166,7 @@ class Standing:
         if self.tasks < self.applicable:
             notes.append(f"incomplete: {self.tasks}/{self.applicable} tasks")
         if self.seeds[0] < 2:
-            notes.append("single seed" + (f" on some tasks" if self.seeds[1] > 1 else ""))
+            notes.append("single seed" + (" on some tasks" if self.seeds[1] > 1 else ""))
         return "; ".join(notes)
 
 
@@ -182,7 +182,7 @@ def family_ranking(board: Board, family: str) -> list[Standing]:
         applicable = [t for t in tids if not_applicable(board.subs[s], board.tasks[t]) is None]
         have = [t for t in applicable if (t, s) in board.ok]
         rates = {n: [w for t in have if (w := win_rate(n, means[n][t], s)) is not None] for n in means}
-        seeds = [len(board.ok[(t, s)]) for t in have]
+        seeds = [len(board.ok[(t, s)]) for t in have] or [0]  # [0]: results on not-applicable tasks only
         rs = [r for t in have for r in board.ok[(t, s)]]
         rows.append(Standing(s, *(statistics.fmean(rates[n]) if rates[n] else None for n in (primary, "utilization")),
                              len(have), len(applicable), len(tids) - len(applicable), (min(seeds), max(seeds)),

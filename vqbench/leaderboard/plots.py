@@ -131,7 +131,7 @@ def sweep_plot(base_id: str, file_tasks: list, board: Board, style: dict) -> tup
         span = (max(every[name]) - min(every[name])) if every[name] else 0
         for g in coinciding(curves[name], span if span > 0 else abs(max(every[name] or [1])) or 1):
             captions.append(f"In “{title}” these curves coincide (within {COINCIDE:.1%} of the axis range at "
-                            f"every point), so only the last one drawn is visible: "
+                            f"every point) and hide one another: "
                             + ", ".join(board.subs[s].meta.display_name for s in g) + ".")
     return buf.getvalue(), captions
 
