@@ -1,5 +1,6 @@
 """The generated site in a real browser (headless Chromium, offline, from disk): every page loads with
-no console error or failed load, every plot renders, every link resolves, tables sort on click.
+no console error or failed load, every plot renders, every link resolves, tables sort on click and
+filter as one types.
 Built from the committed results that are current (no training). Skipped only without Chromium
 (`.ci/run` installs Debian's `chromium`)."""
 from __future__ import annotations
@@ -98,6 +99,20 @@ def test_tables_sort_on_click(site, browser):
     names = column(browser, table, name)
     assert names == sorted(names, key=str.lower) and len(names) > 1
     assert browser.errors() == []
+
+
+def test_filter_keeps_the_matching_rows(site, browser):
+    browser.open((site / "index.html").as_uri())
+    rows = "[...document.querySelector('table.sortable').tBodies[0].rows]"
+    name = browser.js(f"{rows}[0].cells[1].textContent.trim()")
+    set_filter = ("(q => {{ const f = document.getElementById('filter'); f.value = q; "
+                  "f.dispatchEvent(new Event('input')); }})({!r})")
+    browser.js(set_filter.format(name))
+    visible = browser.js(f"{rows}.filter(r => !r.hidden).map(r => r.cells[1].textContent.trim())")
+    assert name in visible and all(name.lower() in v.lower() for v in visible)
+    assert len(visible) < browser.js(f"{rows}.length")
+    browser.js(set_filter.format(""))
+    assert browser.js(f"{rows}.every(r => !r.hidden)") and browser.errors() == []
 
 
 def test_screenshot(site, browser, tmp_path):
