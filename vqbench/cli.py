@@ -275,7 +275,9 @@ def cmd_data_fetch(args) -> int:
     failed = 0
     for name in args.names or list(all_sources()):
         try:
-            folder = fetch(name)
+            if not all_sources()[name].cached():
+                print(f"{name}: downloading {all_sources()[name].requirement}", flush=True)
+            folder = fetch(name, progress=sys.stdout.isatty())
         except DataSourceError as e:
             print(f"error: {e}")
             failed += 1
