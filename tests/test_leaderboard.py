@@ -195,6 +195,19 @@ def test_family_ranking_is_a_mean_win_rate_and_labels_incomplete_and_single_seed
         ("a", 1, ""), ("b", 2, ""), ("c", None, "single seed"), ("d", None, "incomplete: 1/2 tasks")]
     assert rows[0].win_rate == pytest.approx((2 / 3 + 1 / 2) / 2) and rows[0].seeds == (2, 2)
     assert rows[2].win_rate == 1.0  # the best mean, yet one seed: listed after the ranked rows
+    assert rows[0].win_rate_ci == (rows[0].win_rate, rows[0].win_rate)  # no resample of seeds changes an order
+
+
+def test_win_rate_interval_spans_what_resampling_seeds_can_change(project):
+    sub = lambda n: SimpleNamespace(meta=SimpleNamespace(needs=[], display_name=n))
+    board = Board(load_registry(project), {n: sub(n) for n in "xy"})
+    for s, vs in {"x": [1.0, 3.0], "y": [2.0, 2.5]}.items():
+        board.ok[("synthetic/tiny", s)] = [{"task": "synthetic/tiny", "submission": s, "seed": i,
+                                            "metrics": {"distortion_ratio": v, "utilization": 0.5}}
+                                           for i, v in enumerate(vs)]
+    x = next(r for r in family_ranking(board, "synthetic") if r.submission == "x")
+    assert x.win_rate == 1.0 and x.win_rate_ci == (0.0, 1.0)  # mean 2.0 beats 2.25, but seeds overlap
+    assert family_ranking(board, "synthetic")[0].win_rate_ci == x.win_rate_ci  # deterministic
 
 
 def test_plot_styles_follow_the_registry_not_the_plot():

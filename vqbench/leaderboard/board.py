@@ -7,6 +7,7 @@ YAML on disk is stale, excluded and counted. Every number shown comes from a res
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from vqbench.trust import file_digest, is_confirmed, load_ledger
 
 CONFIDENCE = 0.95
 CI_NAME = "Student-t 95% confidence interval of the mean over seeds"
+BOOTSTRAP = 400  # resamples of the seeds behind a win rate; a fixed RNG seed keeps the page deterministic
+WIN_RATE_CI_NAME = f"bootstrap 95% interval over seeds ({BOOTSTRAP} resamples of each task's seeds)"
 
 
 @dataclass
@@ -158,6 +161,7 @@ class Standing:
     seeds: tuple[int, int]  # fewest and most seeds behind one of its tasks
     results: int
     confirmed: int
+    win_rate_ci: tuple[float, float] | None = None  # WIN_RATE_CI_NAME
     rank: int | None = None  # None: not ranked, `note` says why
 
     @property
@@ -170,23 +174,50 @@ class Standing:
         return "; ".join(notes)
 
 
+def mean_win_rate(name: str, means: dict[str, dict[str, float]], s: str, tids: list[str]) -> float | None:
+    rates = [w for t in tids if (w := win_rate(name, means[t], s)) is not None]
+    return statistics.fmean(rates) if rates else None
+
+
+def win_rate_intervals(board: Board, name: str, have: dict[str, list[str]]) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap of each submission's mean win rate: each (task, submission)'s seeds are
+    resampled with replacement and every win rate recomputed from the resampled means."""
+    values = {k: [r["metrics"][name] for r in rs] for k, rs in sorted(board.ok.items())
+              if k[0] in {t for ts in have.values() for t in ts} and summary(rs, name)}
+    rng, draws = random.Random(0), {s: [] for s in have}
+    for _ in range(BOOTSTRAP):
+        means: dict[str, dict[str, float]] = {}
+        for (t, s), v in values.items():
+            means.setdefault(t, {})[s] = statistics.fmean(rng.choices(v, k=len(v)))
+        for s in have:
+            if (w := mean_win_rate(name, means, s, [t for t in have[s] if t in means])) is not None:
+                draws[s].append(w)
+    lo, hi = (1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2
+    return {s: (sorted(d)[int(lo * (len(d) - 1))], sorted(d)[math.ceil(hi * (len(d) - 1))]) for s, d in draws.items() if d}
+
+
 def family_ranking(board: Board, family: str) -> list[Standing]:
-    """Mean win rate over the family's tasks (HELM's aggregate: no single task's scale dominates).
-    Only complete rows with two or more seeds on every task are ranked; the rest follow, labelled."""
+    """Mean win rate over the family's tasks (HELM's aggregate: no single task's scale dominates),
+    with a bootstrap interval over seeds. Only complete rows with two or more seeds on every task are
+    ranked; the rest follow, labelled."""
     primary = get_family(family).primary_metric
     tids = board.family_tasks(family)
     means = {n: {tid: {s: m.mean for (t, s), rs in board.ok.items() if t == tid if (m := summary(rs, n))}
                  for tid in tids} for n in (primary, "utilization")}
+    subs = sorted({s for (t, s) in board.ok if t in tids})
+    have = {s: [t for t in tids if (t, s) in board.ok and not_applicable(board.subs[s], board.tasks[t]) is None]
+            for s in subs}
+    intervals = win_rate_intervals(board, primary, have)
     rows = []
-    for s in sorted({s for (t, s) in board.ok if t in tids}):
+    for s in subs:
         applicable = [t for t in tids if not_applicable(board.subs[s], board.tasks[t]) is None]
-        have = [t for t in applicable if (t, s) in board.ok]
-        rates = {n: [w for t in have if (w := win_rate(n, means[n][t], s)) is not None] for n in means}
-        seeds = [len(board.ok[(t, s)]) for t in have] or [0]  # [0]: results on not-applicable tasks only
-        rs = [r for t in have for r in board.ok[(t, s)]]
-        rows.append(Standing(s, *(statistics.fmean(rates[n]) if rates[n] else None for n in (primary, "utilization")),
-                             len(have), len(applicable), len(tids) - len(applicable), (min(seeds), max(seeds)),
-                             len(rs), len(rs) - board.self_reported(rs)))
+        have_s = have[s]
+        rates = {n: mean_win_rate(n, means[n], s, have_s) for n in means}
+        seeds = [len(board.ok[(t, s)]) for t in have_s] or [0]  # [0]: results on not-applicable tasks only
+        rs = [r for t in have_s for r in board.ok[(t, s)]]
+        rows.append(Standing(s, rates[primary], rates["utilization"], len(have_s), len(applicable),
+                             len(tids) - len(applicable), (min(seeds), max(seeds)), len(rs),
+                             len(rs) - board.self_reported(rs), intervals.get(s)))
     rows.sort(key=lambda r: (bool(r.note), -(r.win_rate if r.win_rate is not None else -1), r.submission))
     for i, r in enumerate(x for x in rows if not x.note):
         r.rank = i + 1

@@ -6,7 +6,8 @@ import re
 from tabulate import tabulate
 
 from vqbench.families import get_family
-from vqbench.leaderboard.board import CI_NAME, Board, best_of, family_ranking, summary, task_order
+from vqbench.leaderboard.board import CI_NAME, WIN_RATE_CI_NAME, Board, Standing, best_of, family_ranking, summary, \
+    task_order
 from vqbench.metrics import CODE_METRICS, METRICS
 from vqbench.tasks import not_applicable
 from vqbench.trust import LEDGER
@@ -43,6 +44,14 @@ def rate(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.0%}"
 
 
+def win_cell(st: Standing) -> str:
+    """The mean win rate and its bootstrap interval over seeds (none for a row with single-seed tasks:
+    resampling one seed shows only the others' spread)."""
+    ci = st.win_rate_ci
+    shown = ci and st.win_rate is not None and st.seeds[0] > 1
+    return rate(st.win_rate) + (f" [{ci[0]:.0%}, {ci[1]:.0%}]" if shown else "")
+
+
 def seeds_cell(lo_hi: tuple[int, int]) -> str:
     return str(lo_hi[0]) if lo_hi[0] == lo_hi[1] else f"{lo_hi[0]}-{lo_hi[1]}"
 
@@ -59,7 +68,7 @@ def overview(board: Board) -> list[str]:
         rows = []
         for st in family_ranking(board, f):
             rs = [r for t in board.family_tasks(f) for r in board.ok.get((t, st.submission), [])]
-            rows.append([st.rank or "—", name_cell(board, st.submission, rs), rate(st.win_rate),
+            rows.append([st.rank or "—", name_cell(board, st.submission, rs), win_cell(st),
                          rate(st.utilization_win_rate),
                          f"{st.tasks}/{st.applicable}" + (f" ({st.not_applicable} n/a)" if st.not_applicable else ""),
                          seeds_cell(st.seeds), f"{st.confirmed}/{st.results}", st.note or "ranked"])
@@ -155,7 +164,8 @@ def page(board: Board, plots: dict) -> str:
            "runner-up's do not overlap (both with two or more seeds). ↑ higher is better, ↓ lower is better. "
            "Reconstruction is always from `decode(codes)`.", "",
            "Ranking: per family, the mean over its tasks of the win rate (the fraction of the other submissions "
-           "on that task whose seed-mean is worse; ties count half), so no task's scale dominates. Only rows with "
+           "on that task whose seed-mean is worse; ties count half), so no task's scale dominates; in brackets its "
+           f"{WIN_RATE_CI_NAME}. Only rows with "
            "every applicable task and two or more seeds on each are ranked; the others are listed after them with "
            "the reason.", "",
            f"Trust: {n_ok - n_self} of {n_ok} result(s) were produced or reproduced by a run the project controls "

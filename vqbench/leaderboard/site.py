@@ -12,8 +12,8 @@ from urllib.parse import quote
 from markupsafe import Markup
 
 from vqbench.families import get_family
-from vqbench.leaderboard.board import CI_NAME, Board, best_of, family_ranking, summary, task_order
-from vqbench.leaderboard.markdown import SELF_REPORTED, column, safe_url, table_metrics
+from vqbench.leaderboard.board import CI_NAME, WIN_RATE_CI_NAME, Board, best_of, family_ranking, summary, task_order
+from vqbench.leaderboard.markdown import SELF_REPORTED, column, safe_url, table_metrics, win_cell
 from vqbench.metrics import METRICS
 
 SITE = "site"
@@ -66,7 +66,8 @@ def environment():
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined,
                       trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["pct"] = lambda x: "n/a" if x is None else f"{x:.0%}"
-    env.globals.update(column=column, METRICS=METRICS, SELF_REPORTED=SELF_REPORTED, CI_NAME=CI_NAME)
+    env.globals.update(column=column, win_cell=win_cell, METRICS=METRICS, SELF_REPORTED=SELF_REPORTED,
+                       CI_NAME=CI_NAME, WIN_RATE_CI_NAME=WIN_RATE_CI_NAME)
     return env
 
 
