@@ -147,7 +147,7 @@ from types import SimpleNamespace
 import pytest
 
 from vqbench.leaderboard.board import Board, Summary, best_of, family_ranking, win_rate
-from vqbench.leaderboard.plots import coinciding, styles
+from vqbench.leaderboard.plots import coinciding, styles, sweep_fields
 from vqbench.tasks import load_registry
 
 
@@ -214,6 +214,16 @@ def test_plot_styles_follow_the_registry_not_the_plot():
     board = lambda names: SimpleNamespace(subs=dict.fromkeys(names))
     assert styles(board(["a", "b", "c"]))["c"] == styles(board(["c", "b", "a"]))["c"]
     assert len({(v["color"], v["marker"]) for v in styles(board([f"s{i}" for i in range(30)])).values()}) == 30
+
+
+@pytest.mark.parametrize("points, fields", [
+    ([(("quantizer.codebook_size", 256),), (("quantizer.codebook_size", 1024),)], ("quantizer.codebook_size",)),
+    ([(("width", 4), ("depth", 1)), (("width", 64), ("depth", 3))], ("width", "depth")),  # a row per depth
+    ([(("data.kind", "gaussian"),)], None),  # not numeric: no axis
+    ([()], None),  # no sweep
+])
+def test_plots_take_numeric_sweeps_first_field_on_x(points, fields):
+    assert sweep_fields([SimpleNamespace(sweep_point=p) for p in points]) == fields
 
 
 def test_coinciding_curves_are_found():

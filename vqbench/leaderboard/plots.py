@@ -1,6 +1,6 @@
-"""SVG plots, deterministic (fixed hash salt, no dates): per task file with one numeric swept field,
-utilization vs the field, the primary metric vs the field (vs bits/token when the field is the
-codebook size: rate vs fidelity) and the primary metric vs utilization. One colour and marker per
+"""SVG plots, deterministic (fixed hash salt, no dates): per task file with numeric swept fields,
+utilization vs the first field, the primary metric vs it (vs bits/token when it is the codebook
+size: rate vs fidelity) and the primary metric vs utilization, a row per value of the other fields. One colour and marker per
 submission across every plot, from the sorted registry."""
 from __future__ import annotations
 
@@ -36,13 +36,15 @@ def spans_decades(values: list[float]) -> bool:
     return bool(values) and min(values) > 0 and max(values) / min(values) >= 10
 
 
-def sweep_field(file_tasks: list) -> str | None:
+def sweep_fields(file_tasks: list) -> tuple[str, ...] | None:
+    """The swept fields of a task file when every value is a number: the first is the x axis, each
+    combination of the others a row of panels. None for no sweep or a non-numeric one."""
     keys = {tuple(k for k, _ in t.sweep_point) for t in file_tasks}
-    if len(keys) != 1 or len(next(iter(keys))) != 1:
+    if len(keys) != 1 or not next(iter(keys)):
         return None
-    if not all(isinstance(t.sweep_point[0][1], (int, float)) for t in file_tasks):
+    if not all(isinstance(v, (int, float)) for t in file_tasks for _, v in t.sweep_point):
         return None
-    return next(iter(keys))[0]
+    return next(iter(keys))
 
 
 def coinciding(curves: dict[str, list[tuple[float, float]]], span: float) -> list[list[str]]:
@@ -60,34 +62,59 @@ def coinciding(curves: dict[str, list[tuple[float, float]]], span: float) -> lis
     return [g for g in groups if len(g) > 1]
 
 
+def short(field: str) -> str:
+    return field.split(".")[-1]
+
+
 def sweep_plot(base_id: str, file_tasks: list, board: Board, style: dict) -> tuple[bytes, list[str]] | None:
-    """(SVG, captions) for a task file with one numeric swept field; None otherwise."""
-    field = sweep_field(file_tasks)
-    if field is None:
+    """(SVG, captions) for a task file with numeric swept fields; None otherwise."""
+    fields = sweep_fields(file_tasks)
+    if fields is None:
         return None
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     matplotlib.rcParams["svg.hashsalt"] = "vqbench"  # stable ids: the SVG is a pure function of results
-    primary = get_family(file_tasks[0].family).primary_metric
-    rate = field.split(".")[-1] == "codebook_size"
-    ordered = sorted(file_tasks, key=lambda t: t.sweep_point[0][1])
-    names = [s for s in sorted(board.subs) if any((t.id, s) in board.ok for t in ordered)]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    x = field.split(".")[-1]
-    panels = [(axes[0], "utilization", "utilization vs " + ("K" if rate else x)),
-              (axes[1], primary, f"{METRICS[primary].label or primary} vs " + ("rate (bits/token)" if rate else x))]
+    groups: dict[tuple, list] = {}
+    for t in sorted(file_tasks, key=lambda t: [v for _, v in t.sweep_point]):
+        groups.setdefault(t.sweep_point[1:], []).append(t)
+    fig, axes = plt.subplots(len(groups), 3, figsize=(15, 4 * len(groups)), squeeze=False)
+    captions = ["Shaded bands and error bars: Student-t 95% confidence intervals over seeds (none with one seed)."]
+    for row, (rest, tasks) in zip(axes, groups.items()):
+        where = ", ".join(f"{short(k)}={v}" for k, v in rest)
+        captions += draw_row(row, tasks, short(fields[0]), where, board, style)
+    fig.suptitle(base_id)
+    legend = {}  # every submission once, whichever row it appears in
+    for ax in axes[:, 0]:
+        for handle, text in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(text, handle)
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    fig.legend(list(legend.values()), list(legend), fontsize=7, loc="center right", frameon=False)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+    plt.close(fig)
+    return buf.getvalue(), captions
+
+
+def draw_row(axes, tasks: list, x: str, where: str, board: Board, style: dict) -> list[str]:
+    """Utilization and the primary metric against the swept field x (against bits/token when x is
+    the codebook size: rate vs fidelity), and the primary metric against utilization; returns the
+    captions naming coinciding curves."""
+    primary = get_family(tasks[0].family).primary_metric
+    rate = x == "codebook_size"
+    suffix = f" ({where})" if where else ""
+    panels = [(axes[0], "utilization", f"utilization vs {'K' if rate else x}{suffix}"),
+              (axes[1], primary, f"{METRICS[primary].label or primary} vs {'rate (bits/token)' if rate else x}{suffix}")]
     curves = {p[1]: {} for p in panels}
     every = {p[1]: [] for p in panels}
-    for s in names:
+    for s in sorted(board.subs):
         st = dict(style[s], markersize=5, linewidth=1.2)
         pts = []
-        for t in ordered:
+        for t in tasks:
             rows = board.ok.get((t.id, s))
             u, m = (summary(rows, "utilization"), summary(rows, primary)) if rows else (None, None)
             if u and m:
-                bits = sum(r["bits_per_token"] for r in rows) / len(rows)
-                pts.append((t.sweep_point[0][1], bits, u, m))
+                pts.append((t.sweep_point[0][1], sum(r["bits_per_token"] for r in rows) / len(rows), u, m))
         if not pts:
             continue
         for ax, name, _ in panels:
@@ -101,9 +128,9 @@ def sweep_plot(base_id: str, file_tasks: list, board: Board, style: dict) -> tup
             every[name] += [y.mean for y in ys]
         axes[2].errorbar([p[2].mean for p in pts], [p[3].mean for p in pts], xerr=[p[2].half or 0 for p in pts],
                          yerr=[p[3].half or 0 for p in pts], linestyle="none", elinewidth=0.8, **st)
-    xvalues = [t.sweep_point[0][1] for t in ordered]
+    xvalues = [t.sweep_point[0][1] for t in tasks]
     for ax, name, title in panels:
-        if name == "utilization" and spans_decades(xvalues) and min(xvalues) > 0:
+        if (name == "utilization" or not rate) and spans_decades(xvalues):  # bits/token is already a log
             ax.set_xscale("log", base=2)
         if name != "utilization" and spans_decades(every[name]):
             ax.set_yscale("log")
@@ -116,24 +143,17 @@ def sweep_plot(base_id: str, file_tasks: list, board: Board, style: dict) -> tup
     axes[2].set_xlim(0, 1.02)
     axes[2].set_xlabel(axis_label("utilization"))
     axes[2].set_ylabel(axis_label(primary))
-    axes[2].set_title(f"{METRICS[primary].label or primary} vs utilization (one point per task)", fontsize=9)
+    axes[2].set_title(f"{METRICS[primary].label or primary} vs utilization (one point per task){suffix}", fontsize=9)
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle(base_id)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.tight_layout(rect=(0, 0, 0.8, 1))
-    fig.legend(handles, labels, fontsize=7, loc="center right", frameon=False)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
-    plt.close(fig)
-    captions = ["Shaded bands and error bars: Student-t 95% confidence intervals over seeds (none with one seed)."]
+    captions = []
     for (_, name, title) in panels:
         span = (max(every[name]) - min(every[name])) if every[name] else 0
         for g in coinciding(curves[name], span if span > 0 else abs(max(every[name] or [1])) or 1):
             captions.append(f"In “{title}” these curves coincide (within {COINCIDE:.1%} of the axis range at "
                             f"every point) and hide one another: "
                             + ", ".join(board.subs[s].meta.display_name for s in g) + ".")
-    return buf.getvalue(), captions
+    return captions
 
 
 def sweep_plots(board: Board) -> dict[str, tuple[str, bytes, list[str]]]:
