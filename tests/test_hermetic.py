@@ -67,7 +67,7 @@ class FakeIndex:
         declare(self.monkeypatch, src)
         self.archive = build_archive(self.folder, src.kind, files)
 
-    def pip_download(self, src: Source, dest: Path) -> Path:
+    def pip_download(self, src: Source, dest: Path, progress: bool = False) -> Path:
         self.downloads += 1
         return Path(shutil.copy(self.archive, dest))
 

@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from vqbench.job import failed_result, run_contained
 from vqbench.results import clean_partial_writes, is_done, result_path, write_result
@@ -320,7 +320,8 @@ def run(jobs: list[Job], root: Path, results_dir: Path, executor: str = "ray", w
     guard = Guard(protected_folders(root, results_dir))
     suspects: dict[tuple, str] = {}  # Ray: jobs running alongside a detected write, failed when they land
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, disable=not show_progress, transient=False) as progress:
+                  TextColumn("eta"), TimeRemainingColumn(), console=console, disable=not show_progress,
+                  transient=False) as progress:
         overall = progress.add_task("jobs", total=len(jobs))
 
         def on_result(job: Job, result: dict, running: list[Job] = ()) -> None:
@@ -343,6 +344,9 @@ def run(jobs: list[Job], root: Path, results_dir: Path, executor: str = "ray", w
             (summary.done if result["status"] == "ok" else summary.failed).append(result)
             if result["status"] != "ok":
                 progress.console.print(f"[red]failed[/red] {escape(job.label)}: {escape(result['error']['reason'])}")
+            elif show_progress:  # a line per finished job: the bar alone says nothing about which
+                progress.console.print(f"[green]done[/green] {escape(job.label)} "
+                                       f"({result['provenance'].get('wall_time_s', 0):.0f} s)")
             progress.advance(overall)
 
         if executor == "serial":
