@@ -209,10 +209,12 @@ def _print_scores(root: Path, results_dir: Path, submissions: list[str], task_id
 
 def cmd_validate(args) -> int:
     from vqbench.sandbox import exclusive_project
-    from vqbench.submissions import get_submission
+    from vqbench.submissions import submission_folder
     from vqbench.validate import format_check, validate
     root = project_root()
-    get_submission(args.submission)  # an unknown name is a usage error (exit 2), as in every command
+    # an unknown name is a usage error (exit 2), as in every command; a broken submission.yaml is
+    # the first check's failure (exit 1), reported with the others
+    submission_folder(args.submission)
     results_dir = Path(args.results_dir) if args.results_dir else root / "results"
     from vqbench.sandbox import confinement_in_force, confinement_warning
     state = confinement_in_force()
