@@ -24,21 +24,31 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
 
-def sparkline(points: list, width: int = 160, height: int = 36) -> Markup:
-    """An inline SVG polyline of [step, loss] pairs (log scale when the loss spans decades)."""
+def sparkline(points: list, width: int = 160, height: int = 36, what: str = "training loss",
+              fraction: bool = False) -> Markup:
+    """An inline SVG polyline of [step, value] pairs: log scale when the values span decades, or a
+    fixed 0-1 axis for a `fraction` (so a collapse looks like one whatever the run)."""
     pts = [(float(x), float(y)) for x, y in points or [] if y is not None and math.isfinite(y)]
     if len(pts) < 2:
         return Markup("")
-    log = min(y for _, y in pts) > 0 and max(y for _, y in pts) / min(y for _, y in pts) >= 10
+    log = not fraction and min(y for _, y in pts) > 0 and max(y for _, y in pts) / min(y for _, y in pts) >= 10
     ys = [math.log10(y) if log else y for _, y in pts]
-    x0, x1, y0, y1 = pts[0][0], pts[-1][0], min(ys), max(ys)
+    x0, x1 = pts[0][0], pts[-1][0]
+    y0, y1 = (0.0, 1.0) if fraction else (min(ys), max(ys))
     sx = lambda x: 2 + (width - 4) * (x - x0) / ((x1 - x0) or 1)
     sy = lambda y: height - 2 - (height - 4) * (y - y0) / ((y1 - y0) or 1)
     line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for (x, _), y in zip(pts, ys))
-    title = f"training loss, steps {pts[0][0]:g}-{pts[-1][0]:g}: {pts[0][1]:.4g} to {pts[-1][1]:.4g}" + \
+    title = f"{what}, steps {pts[0][0]:g}-{pts[-1][0]:g}: {pts[0][1]:.4g} to {pts[-1][1]:.4g}" + \
         (" (log scale)" if log else "")
     return Markup(f'<svg class="spark" width="{width}" height="{height}" role="img"><title>{title}</title>'
                   f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.2" points="{line}"/></svg>')
+
+
+def usage_sparkline(train: dict) -> Markup:
+    """Utilization of the codes emitted in each window of training (the harness's usage curve;
+    results from before it was recorded have none)."""
+    return sparkline([row[:2] for row in train.get("usage_curve") or []], what="codes used while training "
+                     "(utilization per window)", fraction=True)
 
 
 class Links:
@@ -93,6 +103,7 @@ def task_context(board: Board, task, links: Links, plots: dict) -> dict:
                           "anchor": f"seeds-{slug(s)}" if r is rs[0] else None,
                           "href": links.result(board, task.id, s, r["seed"]), "confirmed": board.is_confirmed(r),
                           "wall": r["provenance"].get("wall_time_s"), "spark": sparkline(r["train"].get("loss_curve")),
+                          "usage": usage_sparkline(r["train"]),
                           "cells": [value_cell(n, r["metrics"].get(n)) for n in names]})
     plot = plots.get(task.base_id)
     return {"task": task, "names": names, "rows": rows, "seeds": seeds,
