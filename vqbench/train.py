@@ -76,7 +76,7 @@ def train(setup: Setup, quantizer: Quantizer, task, on_step: Callable[[int], Non
         if space <= USAGE_MAX_CODES:
             index = code_index(out.codes.detach(), quantizer.codebook_size, quantizer.depth).flatten()
             counts = torch.zeros(space, dtype=torch.long, device=index.device) if counts is None else counts
-            counts += torch.bincount(index, minlength=space)
+            counts.index_add_(0, index, torch.ones_like(index))  # no K-long temporary per step (K up to 2^24)
             x_hat = setup.decoder(out.z_q)
             recon = setup.reconstruction_loss(x_hat.float(), x)
             loss = recon + out.loss
