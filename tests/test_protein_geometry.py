@@ -104,3 +104,20 @@ def test_aligned_loss_ignores_the_frame_and_sees_error():
     loss = aligned_loss(noisy, x)
     loss.backward()
     assert loss.item() > 0.01 and torch.isfinite(noisy.grad).all()
+
+
+def test_parallel_nerf_equals_the_sequential_one_and_its_internal_loss_vanishes_at_the_truth():
+    from vqbench.families.protein.geometry import internal_loss, nerf
+    rng = np.random.default_rng(3)
+    tors = rng.uniform(-180, 180, (70, 3))
+    want = backbone(tors)
+    rad = torch.from_numpy(np.radians(tors))[None]
+    angles = torch.tensor([math.radians(a) for a in (ANGLES[2], ANGLES[0], ANGLES[1])], dtype=torch.float64)
+    got = nerf(torch.sin(rad), torch.cos(rad), angles.expand(1, 70, 3))[0].numpy()
+    assert np.abs(got - want).max() < 1e-9  # same frame, same atoms: the scan is exact, not approximate
+    x = torch.from_numpy(want)[None]
+    assert float(internal_loss(x, x)) < 1e-12
+    bent = torch.from_numpy(backbone(tors + [0, 20, 0]))[None].requires_grad_()
+    loss = internal_loss(bent, x)
+    loss.backward()
+    assert float(loss) > 0.01 and torch.isfinite(bent.grad).all()

@@ -18,12 +18,14 @@ import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 from vqbench.families import Family, Setup, batches_by_length, endless, register_family
 from vqbench.families.protein import metrics as _metrics  # noqa: F401  (registers the metrics)
 from vqbench.families.protein.data import chain_sets
-from vqbench.families.protein.geometry import aligned_loss
+from vqbench.families.protein.downstream import pair_tm_scores, ss3_labels
+from vqbench.families.protein.geometry import aligned_loss, internal_loss
 from vqbench.families.protein.model import Decoder, Encoder
 from vqbench.families.protein.sources import SOURCES
 from vqbench.schema import ConfigError
@@ -61,6 +63,8 @@ class Model:
     kernel: int = 5  # conv kernel, in residues (odd)
     attention_layers: int = 2  # transformer layers of the decoder (global placement); 0 = conv only
     heads: int = 4  # attention heads
+    output: Literal["nerf", "coordinates"] = "nerf"  # nerf: torsions and bond angles rebuilt into a chain; coordinates: xyz
+    coordinate_weight: float = 0.0  # nerf only: weight of the superposed-coordinate loss beside the internal one
 
     def validate(self) -> None:
         if self.kernel % 2 == 0:
@@ -80,17 +84,34 @@ def crops(chains, length: int, batch: int, gen: torch.Generator) -> torch.Tensor
     return torch.stack(out)
 
 
+def reconstruction_loss(model: Model):
+    if model.output == "coordinates":
+        return aligned_loss
+    if not model.coordinate_weight:
+        return internal_loss
+    return lambda x_hat, x: internal_loss(x_hat, x) + model.coordinate_weight * aligned_loss(x_hat, x)
+
+
 @register_family("protein")
 class Protein(Family):
     Data = Data
     Model = Model
     metrics = ("backbone_rmsd", "ca_rmsd", "tm_score", "lddt_ca", "gdt_ts", "protein_utilization",
-               "protein_perplexity_ratio", "code_cosine", "code_cosine_weighted")
+               "protein_perplexity_ratio", "code_cosine", "code_cosine_weighted", "token_sensitivity",
+               "ss3_probe_accuracy", "bfactor_probe_spearman")
     # no `mse`: the decoder outputs coordinates in a frame of its own, so a raw coordinate error is
     # meaningless; every structure metric superposes first or is superposition-free
     primary_metric = "lddt_ca"  # see the module docstring
     sources = SOURCES
     takes_data_root = True
+
+    @classmethod
+    def prepare(cls, task) -> None:
+        # parsed chains and the all-pairs identity table reach the cache here (build() only reads them)
+        d = task.data
+        _, held = chain_sets(d.source, d.root, task.path, d.min_length, d.max_length, d.eval_fraction,
+                             d.identity_threshold, d.split_seed)
+        pair_tm_scores(held, write=True)
 
     @classmethod
     def build(cls, task, seed: int, device: torch.device) -> Setup:
@@ -113,9 +134,12 @@ class Protein(Family):
         return Setup(
             encoder=Encoder(dim, model.width, model.encoder_blocks, model.kernel).to(device),
             decoder=Decoder(dim, model.width, model.decoder_blocks, model.kernel, model.attention_layers,
-                            model.heads).to(device),
+                            model.heads, model.output).to(device),
             train_batches=(x.to(device) for x in endless(lambda g: crops(train_coords, data.crop, batch, g), seed)),
             eval_batches=lambda: iter(eval_set),
-            reconstruction_loss=aligned_loss,
-            metric_context={"eval_key": key, "eval_chains": len(held), "train_chains": len(train)},
+            reconstruction_loss=reconstruction_loss(model),
+            metric_context={"eval_key": key, "eval_chains": len(held), "train_chains": len(train),
+                            "pair_tm": pair_tm_scores(held, write=False),
+                            "ss3": {c.id: ss3_labels(c.coords) for c in held},
+                            "bfactors": {c.id: c.bfactors.astype(np.float64) for c in held}},
         )

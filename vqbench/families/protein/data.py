@@ -10,13 +10,13 @@ covering >= `identity_threshold` of the SHORTER chain are linked, linked chains 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from vqbench.cache import read_verified, write_verified
 from vqbench.families import DataRootError, resolve_data_root
 from vqbench.families.protein.sources import SOURCES
 from vqbench.families.protein.structures import Chain, is_structure_file, load_files
@@ -42,18 +42,16 @@ def identity_matrix(sequences: list[str]) -> np.ndarray:
     """All-pairs identity (symmetric, 1 on the diagonal); cached by the sequences' hash."""
     key = hashlib.sha256(json.dumps([SPLIT_VERSION, sequences]).encode()).hexdigest()[:32]
     path = cache_home() / "protein" / "identity" / f"{key}.npy"
-    if path.is_file():
-        return np.load(path)
+    if (data := read_verified(path)) is not None:
+        return np.load(io.BytesIO(data))
     aligner, n = _aligner(), len(sequences)
     m = np.eye(n)
     for i in range(n):
         for j in range(i + 1, n):
             m[i, j] = m[j, i] = identity(sequences[i], sequences[j], aligner)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy")
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, m)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.save(buffer, m)
+    write_verified(path, buffer.getvalue())
     return m
 
 

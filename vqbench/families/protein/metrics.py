@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vqbench.families.protein.downstream import BFactorProbe, SecondaryStructureProbe, TokenSensitivity
 from vqbench.families.protein.geometry import gdt_ts, kabsch_rmsd, lddt, tm_score
 from vqbench.metrics import MetricUnavailable, register_metric
 
@@ -129,3 +130,13 @@ register_metric("code_cosine", False, "mean cosine similarity between all pairs 
 register_metric("code_cosine_weighted", False, "mean cosine similarity between pairs of codes used on the eval set, "
                 "weighted by their usage shares (lower = more distinct)", ".3f", label="code cos (used)",
                 inputs="eval", factory=lambda ctx: CodeCosine(True))
+register_metric("token_sensitivity", True, "Spearman correlation over eval pairs between the token sequences' "
+                "alignment score (code-vector cosine substitution) and the true structures' TM-score",
+                ".3f", label="sensitivity", inputs="eval",
+                factory=lambda ctx: TokenSensitivity(ctx.context["pair_tm"]))
+register_metric("ss3_probe_accuracy", True, "accuracy of a linear probe from code vectors to 3-state DSSP secondary "
+                "structure (2-fold cross-fitting over eval chains)", ".3f", label="SS3 probe", inputs="eval",
+                factory=lambda ctx: SecondaryStructureProbe(ctx.context["ss3"]))
+register_metric("bfactor_probe_spearman", True, "Spearman correlation of a ridge probe from code vectors with per-chain "
+                "z-scored B-factors (2-fold cross-fitting over eval chains)", ".3f", label="B-factor probe",
+                inputs="eval", factory=lambda ctx: BFactorProbe(ctx.context["bfactors"]))

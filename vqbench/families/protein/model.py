@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from vqbench.families.protein.geometry import NUM_FEATURES, residue_features
+from vqbench.families.protein.geometry import ANGLE_AT_C, ANGLE_AT_CA, ANGLE_AT_N, NUM_FEATURES, nerf, residue_features
 
 
 class ConvBlock(nn.Module):
@@ -45,14 +45,22 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, dim: int, width: int, blocks: int, kernel: int, layers: int, heads: int):
+    def __init__(self, dim: int, width: int, blocks: int, kernel: int, layers: int, heads: int, output: str = "nerf"):
         super().__init__()
+        self.output = output
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.Sequential(*[ConvBlock(width, kernel) for _ in range(blocks)])
         layer = nn.TransformerEncoderLayer(width, heads, 2 * width, dropout=0.0, batch_first=True, norm_first=True)
         self.attend = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False) if layers else nn.Identity()
         self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 9))
+        self.register_buffer("ideal", torch.tensor([ANGLE_AT_N, ANGLE_AT_CA, ANGLE_AT_C]), persistent=False)
 
     def forward(self, z: Tensor) -> Tensor:  # (batch, L, dim) -> (batch, L, 3, 3) in Angstrom
-        h = self.attend(self.blocks(self.inp(z)))
-        return 10 * self.out(h).reshape(*z.shape[:2], 3, 3)  # predicted in nm: unit-scale outputs
+        out = self.out(self.attend(self.blocks(self.inp(z))))
+        if self.output == "coordinates":
+            return 10 * out.reshape(*z.shape[:2], 3, 3)  # predicted in nm: unit-scale outputs
+        # torsions as unit (sin, cos) pairs; bond angles within +-0.35 rad (20 deg) of ideal
+        pairs = out[..., :6].reshape(*z.shape[:2], 3, 2)
+        pairs = pairs / pairs.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        angles = self.ideal + 0.35 * torch.tanh(out[..., 6:])
+        return nerf(pairs[..., 0], pairs[..., 1], angles)

@@ -12,15 +12,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import os
 import pickle
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from vqbench.cache import read_verified, write_verified
 from vqbench.paths import cache_home
 
 BREAK_ANGSTROM = 2.0  # a peptide C-N bond is 1.33 A; anything above 2 A is a gap in the model
@@ -112,15 +111,11 @@ def load_chains(path: Path, min_length: int = 50, name: str | None = None) -> li
     name)."""
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:32]
     cached = _cache_path(digest, min_length)
-    if cached.is_file():
-        chains = pickle.loads(cached.read_bytes())
+    if (data := read_verified(cached)) is not None:
+        chains = pickle.loads(data)
     else:
         chains = parse_structure(path, min_length)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(chains, f)
-        os.replace(tmp, cached)  # atomic: a half-written cache is never read
+        write_verified(cached, pickle.dumps(chains))
     for c in chains:
         c.id = f"{name or path.name}:{c.id.rsplit(':', 1)[1]}"
     return chains
