@@ -53,3 +53,14 @@ def test_sensitivity_follows_structural_similarity_that_tokens_reflect():
     one_code = {i: (torch.zeros(50, dtype=torch.long), table[[0] * 50].double()) for i in items}
     with pytest.raises(MetricUnavailable):
         feed(TokenSensitivity(pair_tm), one_code)
+
+
+def test_sensitivity_does_not_score_lengths_when_tokens_say_nothing():
+    table = torch.randn(2, 8, generator=torch.Generator().manual_seed(2))
+    lengths = [50, 60, 80, 100, 130, 170]
+    # TM-scores that fall with the length difference: charged end gaps would correlate with them
+    pair_tm = {f"c{a}|c{b}": 1 / (1 + abs(lengths[a] - lengths[b]) / 10)
+               for a in range(len(lengths)) for b in range(a + 1, len(lengths))}
+    two_codes = {f"c{i}": coded(np.arange(n) % 2, table) for i, n in enumerate(lengths)}  # one repeated motif
+    with pytest.raises(MetricUnavailable, match="align equally well"):  # every pair aligns perfectly: no ranking
+        feed(TokenSensitivity(pair_tm), two_codes)

@@ -2,9 +2,11 @@
 
 - Sensitivity: do similar token sequences mean similar structures? For every pair of eval chains,
   the global alignment score of their token sequences (Bio.Align.PairwiseAligner; substitution
-  score = cosine similarity of the two codes' decoded vectors; gap open -1, extend -0.1; divided by
-  the shorter length) against the TM-score of their true structures (TM-align, normalized by the
-  shorter chain); reported as the Spearman correlation over pairs.
+  score = cosine similarity of the two codes' decoded vectors; gap open -1, extend -0.1; end gaps
+  free, so a length difference alone costs nothing; divided by the shorter length) against the TM-score of their true structures (TM-align, normalized by the
+  shorter chain); reported as the Spearman correlation over pairs. With charged end gaps, one code
+  on every residue scored -0.34 on the lite eval pairs: lengths alone, not tokens. Now it scores a
+  constant (unavailable: one code carries no structure).
 - Effectiveness: what do the frozen code vectors know? Linear probes from each residue's decoded
   code vector to labels no download is needed for: 3-state secondary structure (DSSP by pydssp on
   the true backbone with O) and the CA B-factor read from the file (z-scored per chain; chains with
@@ -95,6 +97,8 @@ class TokenSensitivity(_PerResidue):
                     vectors.append(v)
                 seq.append(keys[t])
             tokens[item_id] = seq
+        if len(keys) < 2:
+            raise MetricUnavailable("one code used on the eval set: token sequences carry no structure")
         if len(keys) > MAX_SYMBOLS:
             raise MetricUnavailable(f"{len(keys)} distinct codes used; the substitution matrix is limited to "
                                     f"{MAX_SYMBOLS} codes")
@@ -102,7 +106,7 @@ class TokenSensitivity(_PerResidue):
         u = u / u.norm(dim=1, keepdim=True).clamp_min(1e-12)
         matrix = substitution_matrices.Array(alphabet=tuple(keys.values()), dims=2, data=(u @ u.T).numpy())
         aligner = PairwiseAligner(mode="global", substitution_matrix=matrix, open_gap_score=GAP_OPEN,
-                                  extend_gap_score=GAP_EXTEND)
+                                  extend_gap_score=GAP_EXTEND, end_gap_score=0.0)
         align, tm = [], []
         for pair, score in sorted(self.pair_tm.items()):
             a, b = pair.split("|")
@@ -112,7 +116,7 @@ class TokenSensitivity(_PerResidue):
         if len(tm) < 3:
             raise MetricUnavailable(f"{len(tm)} eval pairs with a TM-score; need at least 3")
         if np.ptp(align) == 0:
-            raise MetricUnavailable("every pair's token alignment scores the same (one code used?)")
+            raise MetricUnavailable("every pair's token sequences align equally well: the tokens rank no pair")
         return float(spearmanr(align, tm).statistic)
 
 
@@ -179,6 +183,8 @@ class BFactorProbe(_PerResidue):
                 folds[_fold(item_id)][1].append(torch.from_numpy(self.targets[item_id]).double())
         if not all(f[0] for f in folds):
             raise MetricUnavailable("fewer than two eval chains with varying B-factors")
+        if len(torch.unique(torch.cat([v for f in folds for v in f[0]]), dim=0)) < 2:
+            raise MetricUnavailable("one code vector on every residue: a probe's predictions carry no ranking")
         pred_all, true_all = [], []
         for k in (0, 1):
             xtr, ytr = torch.cat(folds[k][0]), torch.cat(folds[k][1])
@@ -191,6 +197,4 @@ class BFactorProbe(_PerResidue):
             pred_all.append(torch.cat([xte, torch.ones(len(xte), 1, dtype=xte.dtype)], 1) @ w)
             true_all.append(yte)
         pred, true = torch.cat(pred_all).numpy(), torch.cat(true_all).numpy()
-        if np.ptp(pred) == 0:
-            raise MetricUnavailable("the probe predicts one value for every residue (one code used?)")
         return float(spearmanr(pred, true).statistic)
