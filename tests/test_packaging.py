@@ -1,5 +1,5 @@
 """vqbench installed from a wheel, outside the checkout, still validates a submission: everything
-it needs at run time (the smoke task, the family folders) is package data."""
+it needs at run time (the smoke task, the family folders, the site's templates) is package data."""
 from __future__ import annotations
 
 import os
@@ -20,6 +20,7 @@ def test_wheel_installed_outside_the_checkout_validates(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "vqbench/smoke_tasks/synthetic/smoke.yaml" in names
     assert {"vqbench/families/synthetic/README.md", "vqbench/families/image/README.md"} <= set(names)
+    assert {f"vqbench/leaderboard/templates/{t}.html" for t in ("base", "index", "task", "submission")} <= set(names)
     site = tmp_path / "site"
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site),
                               str(wheel)], capture_output=True, text=True, timeout=300)

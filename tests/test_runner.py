@@ -130,14 +130,19 @@ def test_sigkill_mid_run_then_resume(project):
     assert all(json.loads(p.read_text())["status"] == "ok" for p in files if p.is_file())
 
 
-def test_one_driver_per_project(project):
-    """A second run beside a running one is refused: the tamper guard would undo its writes."""
+def test_one_driver_per_project(project, capsys):
+    """A second run beside a running one is refused: the tamper guard would undo its writes (and
+    fail the running job as tampering). Writing the leaderboard is refused too; checking it is not."""
     from vqbench.cli import main
     from vqbench.sandbox import exclusive_project
     with exclusive_project(project):
         assert main(["run", "--submission", "minimal", "--tasks", "synthetic/tiny", "--executor", "serial",
                      "--quiet"]) == 2
         assert main(["validate", "minimal"]) == 2
+        assert main(["leaderboard"]) == 2 and not (project / "leaderboard").exists()
+        capsys.readouterr()
+        # reads only: it runs (no lock), and finds no result to check against
+        assert main(["leaderboard", "--check"]) == 2 and "--results-dir" in capsys.readouterr().err
     assert not list((project / "results").rglob("seed-*.json"))
     assert main(["run", "--submission", "minimal", "--tasks", "synthetic/tiny", "--executor", "serial",
                  "--quiet"]) == 0

@@ -16,7 +16,7 @@ from vqbench.submissions import get_submission
 from vqbench.tasks import get_task
 from vqbench.validate import CONTRACT_CHECKS, SOURCE_CHECK, validate
 
-from conftest import REPO
+from conftest import REPO, TINY_TASK, add_task
 
 SMOKE = "smoke run: synthetic/smoke through the runner (sandbox, rate-enforcing evaluation)"
 CHECK_COUNT = 3 + len(CONTRACT_CHECKS) + 2  # schema, source, import; contract; files; smoke
@@ -128,9 +128,9 @@ def test_reproduce_matches_a_committed_result_and_names_a_metric_that_differs(pr
     assert not run(jobs, Path(os.environ["VQBENCH_ROOT"]), results, "serial", show_progress=False).failed
     checks = validate("minimal", project, results, "synthetic/tiny", do_reproduce=True)
     repro = checks[-1]
-    assert repro.ok and repro.name.startswith("reproduce a committed result (rel 1e-06"), repro.detail
-    assert repro.detail.splitlines()[0] == "synthetic/tiny seed 0"
-    assert "difference 0 (rel 0)" in repro.detail and "MISMATCH" not in repro.detail
+    assert repro.ok and repro.name == "reproduce synthetic/tiny seed 0", repro.detail
+    assert repro.detail.splitlines()[0] == "same CPU kind: rounding only"
+    assert "difference 0 (rel 0, allowed rel 1e-06" in repro.detail and "MISMATCH" not in repro.detail
 
     path = result_path(results, "minimal", "synthetic/tiny", 0)
     committed = json.loads(path.read_text())
@@ -139,6 +139,37 @@ def test_reproduce_matches_a_committed_result_and_names_a_metric_that_differs(pr
     repro = validate("minimal", project, results, "synthetic/tiny", do_reproduce=True)[-1]
     mismatched = [line for line in repro.detail.splitlines() if "MISMATCH" in line]
     assert not repro.ok and len(mismatched) == 1 and mismatched[0].startswith("mse: committed ")
+
+
+def test_a_sampled_reproduction_is_drawn_at_run_time_and_recorded_only_when_it_matches(project, capsys):
+    """--sample draws from the OS unless a seed is given (the submitter cannot know which results CI
+    reruns); --record enters a reproduced result in the ledger, by the digest of its exact bytes."""
+    from vqbench.trust import is_confirmed, load_ledger
+    results = project / "results"
+    add_task(project, "tiny-alt", TINY_TASK.replace("steps: 30", "steps: 25"))
+    tasks = [get_task("synthetic/tiny"), get_task("synthetic/tiny-alt")]
+    jobs, _ = plan([get_submission("minimal")], tasks, [0, 1], results, False)
+    assert not run(jobs, Path(os.environ["VQBENCH_ROOT"]), results, "serial", show_progress=False).failed
+    assert main(["validate", "minimal", "--reproduce", "--sample", "2", "--record"]) == 0
+    out = capsys.readouterr().out
+    drawn = re.findall(r"PASS  reproduce (\S+) seed (\d) \(2 of 4 drawn with --sample-seed (\d+)\)", out)
+    assert len(drawn) == 2, out
+    ledger = load_ledger(results)
+    paths = [result_path(results, "minimal", t, int(s)) for t, s, _ in drawn]
+    assert sorted(ledger) == sorted(p.relative_to(results).as_posix() for p in paths)
+    assert all(is_confirmed(results, p, ledger) for p in paths)
+    # the same seed replays the same draw
+    again = validate("minimal", project, results, do_reproduce=True, sample=2, sample_seed=int(drawn[0][2]))
+    assert sorted(c.name.split(" (")[0] for c in again[-2:]) == sorted(f"reproduce {t} seed {s}" for t, s, _ in drawn)
+
+    edited = paths[0]  # a confirmed file edited afterwards is no longer confirmed, and does not reproduce
+    result = json.loads(edited.read_text())
+    result["metrics"]["utilization"] = min(1.0, result["metrics"]["utilization"] + 0.25)
+    edited.write_text(json.dumps(result))
+    assert not is_confirmed(results, edited, load_ledger(results))
+    task, seed = drawn[0][0], int(drawn[0][1])
+    checks = validate("minimal", project, results, task, seed, do_reproduce=True, record_confirmed=True)
+    assert not checks[-1].ok and not is_confirmed(results, edited, load_ledger(results))
 
 
 def test_reproduce_without_a_committed_result_says_so(project):
@@ -152,3 +183,21 @@ def test_the_public_api_is_written_once():
     docs = (Path(__file__).parent.parent / "docs" / "submitting.md").read_text()
     listed = set(re.findall(r"`(vqbench(?:\.\w+)?)`", docs.split("may\nimport only", 1)[1].split("refused", 1)[0]))
     assert listed == set(PUBLIC_MODULES)
+
+
+def test_a_result_no_rerun_here_can_judge_is_not_drawn_and_is_reported(project):
+    """From another CPU kind, with a metric whose cross-kind spread was never measured (an image
+    metric), exact equality would fail honest work: --sample leaves it out and says so."""
+    results = project / "results"
+    jobs, _ = plan([get_submission("minimal")], [get_task("synthetic/tiny")], [0, 1], results, False)
+    assert not run(jobs, Path(os.environ["VQBENCH_ROOT"]), results, "serial", show_progress=False).failed
+    path = result_path(results, "minimal", "synthetic/tiny", 1)
+    other = json.loads(path.read_text())
+    other["provenance"]["cpu"] = {**other["provenance"]["cpu"], "torch_capability": "AVX2"}
+    other["metrics"]["psnr"] = 20.0
+    path.write_text(json.dumps(other))
+    checks = validate("minimal", project, results, do_reproduce=True, sample=5)
+    skip, drawn = checks[-2:]
+    assert skip.ok and skip.name == "reproduce: 1 of 2 results not drawn" and "not measured" in skip.detail
+    assert drawn.ok and drawn.name == "reproduce synthetic/tiny seed 0 (1 of 1 drawn with --sample-seed " \
+        + drawn.name.rsplit(" ", 1)[1], drawn.name

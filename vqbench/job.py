@@ -20,7 +20,7 @@ from vqbench.families.sources import fetch
 from vqbench.metrics import METRICS
 from vqbench.results import provenance
 from vqbench.sandbox import ChildOutcome, memory_limit_gb, run_in_child
-from vqbench.stages import decode_codes, from_bytes, pick_device, score, to_bytes, train_and_encode
+from vqbench.stages import decode_codes, from_bytes, score, to_bytes, train_and_encode
 from vqbench.submissions import Submission
 
 BLOBS = {train_and_encode: ("snapshot", "codes"), decode_codes: ("decoded",), score: ()}
@@ -58,7 +58,8 @@ def _problem(stage, value: Any, task) -> str | None:
         return _error_problem(value)
     if stage is train_and_encode:
         if not (type(value.get("codebook_size")) is int and type(value.get("depth")) is int
-                and isinstance(value.get("train"), dict) and isinstance(value.get("phases"), dict)):
+                and isinstance(value.get("train"), dict) and isinstance(value.get("phases"), dict)
+                and isinstance(value.get("device"), str) and len(value["device"]) <= 20):
             return "not a training report"
     if stage is score:
         get_family(task.family)  # its metric specs are registered from here on
@@ -128,7 +129,8 @@ def run_contained(submission: Submission, task, seed: int, root: Path, executor:
     if scored["unavailable"]:
         result["metrics_unavailable"] = scored["unavailable"]
     phases.update({k: float(v) for k, v in {**trained["phases"], **scored["phases"]}.items()})
-    result["provenance"] = provenance(root, submission.hash, task, str(pick_device()), time.monotonic() - start,
+    # the device training used (the supervisor's own view can differ: a confined child may not start CUDA)
+    result["provenance"] = provenance(root, submission.hash, task, trained["device"], time.monotonic() - start,
                                       executor, submission.package_versions())
     result["provenance"].update(phases=_rounded(phases), confinement=_confinement(confinement))
     return result

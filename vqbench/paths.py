@@ -17,7 +17,10 @@ def project_root() -> Path:
 
 
 def cache_home() -> Path:
-    """$VQBENCH_HOME, else ~/.cache/vqbench: downloaded data, weights, k-means optima."""
-    home = Path(os.environ.get("VQBENCH_HOME") or Path.home() / ".cache" / "vqbench")
+    """$VQBENCH_HOME, else $XDG_CACHE_HOME/vqbench, else ~/.cache/vqbench: downloaded data, weights,
+    k-means optima. (Children get the resolved path as $VQBENCH_HOME: a confined one's XDG_CACHE_HOME
+    is its scratch.)"""
+    home = Path(os.environ.get("VQBENCH_HOME") or
+                Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vqbench")
     home.mkdir(parents=True, exist_ok=True)
     return home

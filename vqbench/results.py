@@ -93,6 +93,32 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+@lru_cache(maxsize=None)
+def cpu_kind() -> dict[str, str | None]:
+    """What decides a CPU result's last bits besides the code: the CPU model and the kernel paths
+    torch (ATen vectorization) and faiss picked for it. Same kind, same bits (one thread, same
+    packages); another kind may differ after training (vqbench.trust's cross-kind tolerance)."""
+    model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        pass
+    import faiss
+    import torch
+    config = getattr(faiss, "SIMDConfig", None)  # faiss >= 1.13 dispatches at run time ($FAISS_SIMD_LEVEL)
+    return {"machine": platform.machine(), "model": model or platform.processor() or None,
+            "torch_capability": torch.backends.cpu.get_cpu_capability(),
+            "faiss_simd": config.get_level_name() if config else None}
+
+
+def machine_kind(wrapped: dict[str, str | None] | None = None) -> dict[str, Any]:
+    """The provenance fields that decide a CPU result's bits besides code and seed (vqbench.trust
+    compares them): CPU kind, package versions (`wrapped`: the submission's own), Python."""
+    return {"cpu": cpu_kind(), "packages": {**package_versions(), **(wrapped or {})},
+            "python": platform.python_version()}
+
+
 def provenance(root: Path, submission_hash: str, task, device: str, wall_time_s: float,
                executor: str, wrapped: dict[str, str | None] | None = None) -> dict[str, Any]:
     """`wrapped`: versions of the packages the submission requires (Submission.package_versions),
@@ -104,8 +130,7 @@ def provenance(root: Path, submission_hash: str, task, device: str, wall_time_s:
         "task_hash": task.hash,
         "task_version": task.version,
         "submission_hash": submission_hash,
-        "packages": {**package_versions(), **(wrapped or {})},
-        "python": platform.python_version(),
+        **machine_kind(wrapped),
         "device": device,
         "host": socket.gethostname(),
         "executor": executor,

@@ -17,13 +17,14 @@ from typing import Callable, Iterable
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from vqbench.job import failed_result, run_contained
 from vqbench.results import clean_partial_writes, is_done, result_path, write_result
-from vqbench.sandbox import Guard, protected_folders, tamper_reason
+from vqbench.sandbox import Guard, protected_folders, start_fork_server, tamper_reason
 from vqbench.submissions import Submission
 from vqbench.tasks import not_applicable
+from vqbench.trust import record
 
 console = Console(stderr=True)
 WORKER_GRACE_S = 60.0  # Ray backstop on top of a job's limit: a worker's first job starts its fork server
@@ -110,6 +111,9 @@ class JobSupervisor:
     forked, contained child (run_contained, exactly as the serial executor does), so the worker (and
     what it returns to the driver) never runs submission code; per-job limits and crash capture are
     the child's, as before."""
+
+    def __init__(self):
+        start_fork_server()  # its imports overlap the actor's handshake with the driver
 
     def node(self) -> str:
         import ray
@@ -305,7 +309,10 @@ def run_ray(jobs: list[Job], root: Path, timeout_s: float | None, on_result: Cal
 
 
 def run(jobs: list[Job], root: Path, results_dir: Path, executor: str = "ray", workers: int | None = None,
-        address: str | None = None, timeout_s: float | None = None, show_progress: bool = True) -> RunSummary:
+        address: str | None = None, timeout_s: float | None = None, show_progress: bool = True,
+        trusted: bool = False) -> RunSummary:
+    """Run the jobs, writing each result as it lands. `trusted`: the run is one the project controls,
+    and each successful result it writes is entered in the ledger (vqbench.trust)."""
     summary = RunSummary()
     clean_partial_writes(results_dir)
     if not jobs:  # everything is done: no guard snapshot, no Ray start
@@ -313,7 +320,8 @@ def run(jobs: list[Job], root: Path, results_dir: Path, executor: str = "ray", w
     guard = Guard(protected_folders(root, results_dir))
     suspects: dict[tuple, str] = {}  # Ray: jobs running alongside a detected write, failed when they land
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, disable=not show_progress, transient=False) as progress:
+                  TextColumn("eta"), TimeRemainingColumn(), console=console, disable=not show_progress,
+                  transient=False) as progress:
         overall = progress.add_task("jobs", total=len(jobs))
 
         def on_result(job: Job, result: dict, running: list[Job] = ()) -> None:
@@ -330,9 +338,15 @@ def run(jobs: list[Job], root: Path, results_dir: Path, executor: str = "ray", w
             path = result_path(results_dir, job.submission.name, job.task.id, job.seed)
             write_result(path, result)
             guard.accept(path)
+            if trusted and result["status"] == "ok":
+                guard.accept(record(results_dir, [path], f"produced by vqbench run --trusted at "
+                                                         f"{result['provenance'].get('git_commit')}"))
             (summary.done if result["status"] == "ok" else summary.failed).append(result)
             if result["status"] != "ok":
                 progress.console.print(f"[red]failed[/red] {escape(job.label)}: {escape(result['error']['reason'])}")
+            elif show_progress:  # a line per finished job: the bar alone says nothing about which
+                progress.console.print(f"[green]done[/green] {escape(job.label)} "
+                                       f"({result['provenance'].get('wall_time_s', 0):.0f} s)")
             progress.advance(overall)
 
         if executor == "serial":

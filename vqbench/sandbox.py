@@ -136,6 +136,35 @@ def bounded_output(limit: int = OUTPUT_TAIL_CHARS) -> Iterator[Tail]:
         tail.text = bytes(kept).decode(errors="replace")[-limit:]
 
 
+@contextmanager
+def _main_hidden_unless_needed(target: Callable) -> Iterator[None]:
+    """While a child starts, hide the parent's main module from multiprocessing unless the target
+    lives there. Otherwise each child re-runs the parent's main script by path or module name
+    (Python 3.11 never preloads it in the fork server): a Ray worker's default_worker.py imports ray
+    (0.23 s a process, 0.7 s a job: bench/ray_fanout.py), the `vqbench` console script or a bench
+    script about 0.03 s a process (bench/job_overhead.py)."""
+    main = sys.modules["__main__"]
+    if getattr(target, "__module__", None) == "__main__":
+        yield
+        return
+    saved = {name: main.__dict__[name] for name in ("__file__", "__spec__") if name in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None  # read as an attribute: it must exist
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
+
+
+def start_fork_server() -> None:
+    """Start this process's fork server now, without waiting for it: it imports torch and the
+    harness (seconds) while the caller goes on (a Ray worker: its handshake with the driver).
+    Idempotent."""
+    from multiprocessing import forkserver
+    _ctx()
+    forkserver.ensure_running()
+
+
 def contain(memory_gb: float) -> None:
     """Limits for a process about to run submission code: memory, a scratch cwd (relative paths
     land there, not in the project), no bytecode writes (a .pyc in a submission folder would be
@@ -150,7 +179,7 @@ def contain(memory_gb: float) -> None:
 
 
 CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWUSER = 0x00020000, 0x20000000, 0x40000000, 0x10000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
 
 
 def _libc_call(name: str, *args) -> None:
@@ -186,15 +215,19 @@ def confine() -> str:
     - no network: a fresh network namespace has only a downed loopback;
     - a PID namespace whose init is the job: every process it starts, setsid or not, dies with it.
     Returns what is in force; where the platform refuses namespaces it says so, and the job runs
-    under the time, memory and output limits alone."""
+    under the time, memory and output limits alone (a root supervisor whose user namespace is refused
+    after its own mount namespace worked keeps the read-only remounts: "partial").
+    tests/test_confinement_refused.py has the kernel refuse them for real."""
     if os.environ.get(NO_NAMESPACES_ENV):
         return f"none: ${NO_NAMESPACES_ENV} is set; time, memory and output limits only"
     uid, gid = os.geteuid(), os.getegid()
+    remounted = False
     try:
         os.makedirs(SCRATCH, exist_ok=True)
         if uid == 0:  # a root supervisor remounts in a namespace of its own; otherwise the user ns does
             _libc_call("unshare", CLONE_NEWNS)
             _remount_read_only()
+            remounted = True
             _libc_call("unshare", CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET)
         else:
             _libc_call("unshare", CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET)
@@ -204,10 +237,18 @@ def confine() -> str:
         if uid != 0:
             _remount_read_only()
     except OSError as e:
-        return f"none: namespaces refused ({e.strerror or e}); time, memory and output limits only"
+        if not remounted:
+            return f"none: namespaces refused ({e.strerror or e}); time, memory and output limits only"
+        _use_scratch()  # the file systems are read-only already: the job needs somewhere to write
+        return (f"partial: read-only file systems (root: not locked), private scratch; user, PID and network "
+                f"namespaces refused ({e.strerror or e}); time, memory and output limits")
+    _use_scratch()
+    return "namespaces: read-only file systems, private scratch, no network, own PID namespace"
+
+
+def _use_scratch() -> None:
     os.environ["HOME"] = os.environ["XDG_CACHE_HOME"] = os.environ["TMPDIR"] = SCRATCH
     tempfile.tempdir = SCRATCH
-    return "namespaces: read-only file systems, private scratch, no network, own PID namespace"
 
 
 def _remount_read_only() -> None:
@@ -238,16 +279,25 @@ def _exit_like(pid: int, signal_as_status: bool) -> None:
     os._exit(code)
 
 
-def _enter_pid_namespace() -> None:
+def _enter_pid_namespace() -> bool:
     """After unshare(CLONE_NEWPID) the next child is the namespace's init (PID 1), which ignores
     signals it has no handler for (abort() included). So: a waiter here, a minimal init, and the job
-    as PID 2; when the job ends, its init ends, and the kernel kills whatever else the job started."""
+    as PID 2; when the job ends, its init ends, and the kernel kills whatever else the job started.
+    The init mounts a /proc of the new namespace: under the host's, getpid() (2) names another
+    process's /proc entry, and the CUDA driver fails to start (error 304; seen on an H100, where
+    the user, mount and network namespaces alone let it run). Returns whether that mount worked."""
     if pid := os.fork():
         _exit_like(pid, signal_as_status=False)
     _die_with_parent()
+    try:
+        _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        own_proc = True
+    except OSError:  # a /proc with masked entries (some containers) cannot be mounted afresh in a user ns
+        own_proc = False
     if pid := os.fork():
         _exit_like(pid, signal_as_status=True)
     _die_with_parent()
+    return own_proc
 
 
 def _die_with_parent() -> None:
@@ -281,8 +331,8 @@ def _child_main(conn, env: dict, memory_gb: float, target: Callable, args: tuple
     os.environ.update(env)
     if confined:  # before any submission code exists in this process
         state = confine()
-        if state.startswith("namespaces"):
-            _enter_pid_namespace()
+        if state.startswith("namespaces") and not _enter_pid_namespace():
+            state += " (the host's /proc: CUDA cannot start)"
         _send(conn, ["confinement", state])
     try:
         import torch
@@ -326,7 +376,8 @@ def run_in_child(target: Callable, args: tuple, timeout_s: float, memory_gb: flo
     env = {**os.environ, "VQBENCH_HOME": str(cache_home())}
     proc = ctx.Process(target=_child_main, args=(send, env, memory_gb, target, args, confined), daemon=True)
     start = time.monotonic()
-    proc.start()
+    with _main_hidden_unless_needed(target):
+        proc.start()
     send.close()
     outcome = ChildOutcome()
     try:
@@ -381,6 +432,16 @@ def run_in_child(target: Callable, args: tuple, timeout_s: float, memory_gb: flo
         _kill_group(proc)
     outcome.wall_time_s = time.monotonic() - start
     return outcome
+
+
+def confinement_warning(state: str) -> str | None:
+    """What a user must know when `state` (from confinement_in_force) is not full confinement."""
+    if state.startswith("namespaces"):
+        return None
+    return ("warning: submission code is not fully confined on this machine: the guard still detects "
+            "and undoes changes to results/, submissions/, tasks/ and leaderboard/, but a process a job "
+            "detaches can outlive it and the network is reachable; run untrusted submissions where user "
+            "namespaces are allowed (docs/trust.md)")
 
 
 def _nothing(emit) -> None:

@@ -93,7 +93,7 @@ def encode(setup, quantizer, task, size: int, depth: int) -> list[Tensor]:
 
 
 def train_and_encode(submission, task, seed: int, emit) -> dict:
-    """Stage 1. Returns {"train", "codebook_size", "depth", "phases"} or {"error"}; sends the blobs
+    """Stage 1. Returns {"train", "codebook_size", "depth", "phases", "device"} or {"error"}; sends the blobs
     "snapshot" ({quantizer, encoder, decoder} state dicts) and then "codes" (one tensor per batch)."""
     phases, clock = {}, time.perf_counter()
     try:
@@ -113,7 +113,7 @@ def train_and_encode(submission, task, seed: int, emit) -> dict:
         phases["train"], clock = time.perf_counter() - clock, time.perf_counter()
         send_blob("codes", to_bytes(encode(setup, quantizer, task, size, depth)))
         phases["encode"] = time.perf_counter() - clock
-        return {"train": log, "codebook_size": size, "depth": depth, "phases": phases}
+        return {"train": log, "codebook_size": size, "depth": depth, "phases": phases, "device": str(device)}
     except Exception as e:  # the submission's fault (or bad data): a failed result, never a crash
         return {"error": failure(e, task)}
 

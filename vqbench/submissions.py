@@ -195,14 +195,20 @@ def list_submissions(pattern: str = "*", root: Path | None = None) -> list[str]:
     return [n for n in names if fnmatch.fnmatch(n, pattern)]
 
 
-def get_submission(name_or_path: str, root: Path | None = None) -> Submission:
-    """A registered name (`simvq`) or a path to a submission folder."""
+def submission_folder(name_or_path: str, root: Path | None = None) -> Path:
+    """The folder of a registered name (`simvq`) or a path to a submission folder; ConfigError if
+    there is none (its submission.yaml is not read here)."""
     path = Path(name_or_path)
     if path.is_dir() and (path / SUBMISSION_FILE).exists():
-        return load_submission(path)
+        return path
     folder = submissions_dir(root) / name_or_path
     if not folder.is_dir():
         known = list_submissions(root=root)
         raise ConfigError(None, "--submission", f"no submission named {name_or_path!r}",
                           f"{did_you_mean(name_or_path, known)}known: {', '.join(known) or '(none)'}")
-    return load_submission(folder)
+    return folder
+
+
+def get_submission(name_or_path: str, root: Path | None = None) -> Submission:
+    """A registered name (`simvq`) or a path to a submission folder."""
+    return load_submission(submission_folder(name_or_path, root))

