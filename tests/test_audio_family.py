@@ -58,7 +58,7 @@ def test_tiny_lite_build_trains_and_evaluates():
     setup = family.build(task, 0, torch.device("cpu"))
     again = family.build(task, 0, torch.device("cpu"))
     x = next(setup.train_batches)
-    assert x.shape == (2, 1, 10240) and torch.equal(x, next(again.train_batches))
+    assert x.shape == (2, 1, 5120) and torch.equal(x, next(again.train_batches))
     torch.manual_seed(0)
     quantizer = NearestVQ(task.quantizer.dim, task.quantizer.codebook_size)
     params = [*setup.encoder.parameters(), *setup.decoder.parameters(), *quantizer.parameters()]
