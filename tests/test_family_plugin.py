@@ -76,6 +76,17 @@ def test_toy_family_from_a_folder_runs_end_to_end(toy_project, executor):
     assert 0 < m["toy_item_utilization"] <= 12 / 32 and 0 < m["utilization"] <= 1 and m["mse"] > 0
 
 
+def test_a_family_prepare_error_fails_the_job_with_its_message(toy_project):
+    task = toy_project / "tasks" / "toy" / "variable.yaml"
+    task.write_text(TOY_TASK + "data: {prepared_ok: false}\n")
+    proc = run_cli(toy_project, "run", "--submission", "minimal", "--tasks", "toy/*", "--executor", "serial",
+                   "--quiet")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    result = json.loads((toy_project / "results" / "minimal" / "toy" / "variable" / "seed-0.json").read_text())
+    assert result["status"] == "failed"
+    assert result["error"]["type"] == "DataError" and "data.prepared_ok" in result["error"]["reason"]
+
+
 def test_toy_family_is_listed_with_its_metrics(toy_project):
     assert "toy" in families.list_families()
     registry = load_registry(toy_project)

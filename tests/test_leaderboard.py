@@ -296,3 +296,23 @@ def test_site_escapes_untrusted_text_and_links_only_https(project):
     assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "javascript:" not in html
     assert 'href="https://example.org/code"' in files["site/submissions/minimal.html"].decode()
+
+
+def test_task_pages_overlay_code_usage_over_training_from_the_results(project):
+    from vqbench.leaderboard import collect
+    from vqbench.leaderboard.plots import usage_plots
+    results = populate(project, subs=("minimal",))
+    write_leaderboard(results, project / "leaderboard")
+    r0 = json.loads(result_path(results, "minimal", "synthetic/tiny", 0).read_text())
+    curve = r0["train"]["usage_curve"]
+    assert curve and all(0 <= u <= 1 for _, u, _ in curve)  # recorded by the harness's training loop
+    plot = project / "leaderboard" / "plots" / "usage-synthetic_tiny.svg"
+    assert plot.is_file() and "usage-synthetic_tiny.svg" in (
+        project / "leaderboard" / "site" / "tasks" / "synthetic_tiny.html").read_text()
+    for seed in (0, 1):  # results from before the curve existed: no plot, nothing invented
+        path = result_path(results, "minimal", "synthetic/tiny", seed)
+        r = json.loads(path.read_text())
+        r["train"].pop("usage_curve")
+        path.write_text(json.dumps(r))
+    board = collect(results)
+    assert len(board.ok[("synthetic/tiny", "minimal")]) == 2 and usage_plots(board) == {}

@@ -16,6 +16,9 @@ import scipy.stats
 import torch
 import torch.nn.functional as F
 
+import test_protein_data as protein_data  # the protein family's known answers live beside its other tests
+import test_protein_downstream as protein_downstream
+import test_protein_geometry as protein_geometry
 from vqbench.contract import Quantizer, QuantizerOutput
 from vqbench.enforce import check_rate
 from vqbench.families import Setup
@@ -567,6 +570,19 @@ KNOWN_VALUES = {
     "psnr": test_psnr_matches_the_formula_per_image, "ssim": test_ssim_matches_an_independent_gaussian_window_implementation,
     "rfid": test_rfid_and_kid_from_streamed_features_match_numpy, "kid": test_rfid_and_kid_from_streamed_features_match_numpy,
     "lpips": test_lpips_equals_the_reference_lpips_package,
+    # protein family (known answers in their own files)
+    "backbone_rmsd": protein_geometry.test_scores_of_a_moved_copy_are_perfect,
+    "ca_rmsd": protein_geometry.test_scores_of_a_moved_copy_are_perfect,
+    "tm_score": protein_geometry.test_scores_of_a_moved_copy_are_perfect,
+    "lddt_ca": protein_geometry.test_noise_lowers_every_score_and_more_noise_lowers_it_more,
+    "gdt_ts": protein_geometry.test_gdt_ts_counts_residues_within_cutoffs,
+    "protein_utilization": protein_data.test_per_protein_usage_arithmetic,
+    "protein_perplexity_ratio": protein_data.test_per_protein_usage_arithmetic,
+    "code_cosine": protein_data.test_code_cosine_raw_and_usage_weighted,
+    "code_cosine_weighted": protein_data.test_code_cosine_raw_and_usage_weighted,
+    "token_sensitivity": protein_downstream.test_sensitivity_follows_structural_similarity_that_tokens_reflect,
+    "ss3_probe_accuracy": protein_downstream.test_probes_read_labels_that_the_codes_carry_and_not_those_they_do_not,
+    "bfactor_probe_spearman": protein_downstream.test_probes_read_labels_that_the_codes_carry_and_not_those_they_do_not,
 }
 
 

@@ -111,6 +111,8 @@ def run_contained(submission: Submission, task, seed: int, root: Path, executor:
 
     try:
         fetch_sources(task)  # data and weights reach the cache here: confined stages cannot download or write
+        get_family(task.family).prepare(task)
+        phases["prepare"] = time.monotonic() - start
         trained, blobs = stage(train_and_encode, (submission, task, seed), on_progress)
         size, depth = trained["codebook_size"], trained["depth"]
         snapshot = from_bytes(blobs["snapshot"], "the snapshot")
@@ -121,6 +123,9 @@ def run_contained(submission: Submission, task, seed: int, root: Path, executor:
     except StageFailed as failed:
         failed.result["provenance"].update(phases=_rounded(phases), confinement=_confinement(confinement))
         return failed.result
+    except DataError as e:  # from prepare(): harness code, so its message is the failure
+        return failed_result(submission, task, seed, root, str(e), type(e).__name__, executor,
+                             time.monotonic() - start)
     except Exception as e:  # a snapshot that is not plain tensors
         return failed_result(submission, task, seed, root, f"bad result from the job's process: {e}", "BadResult",
                              executor, time.monotonic() - start)

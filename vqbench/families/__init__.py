@@ -97,6 +97,13 @@ class Family:
         return frozenset({"trainable_encoder"})
 
     @classmethod
+    def prepare(cls, task) -> None:
+        """Derived data a job reads (parsed files, rendered corpora, split tables) written to the cache
+        by harness code before the confined stages start: they see every file system read-only. Runs
+        after the family's sources are fetched; raise DataError if the data is unusable (the job fails
+        with that message). Default: nothing to prepare."""
+
+    @classmethod
     @abc.abstractmethod
     def build(cls, task, seed: int, device: torch.device) -> Setup:
         """Data, encoder/decoder, loss and metric context for one job (seeded by `seed`); every family

