@@ -140,3 +140,33 @@ def test_no_padding_token_is_quantized_or_counted():
     assert tokens == sum(lengths) // hop
     with pytest.raises(ValueError, match="whole number"):
         enc(torch.randn(1, 1, 1000))
+
+
+def test_known_values_of_a_scaled_or_orthogonally_disturbed_signal():
+    """Values fixed by the definitions, not by the implementation: SI-SDR of x + e with e orthogonal to x
+    is 10 log10(|x|^2 / |e|^2); doubling a signal moves every log10 mel band by log10 2 and gives STFT
+    distance 1 + ln 2 (spectral convergence 1, log-magnitude L1 ln 2, at every resolution); a tone
+    transposed by 10% has F0 RMSE of 10% of its F0 and, where the reconstruction is silent for
+    a span, voicing F1 = 2 tp / (|voiced ref| + |voiced rec|)."""
+    x = speechlike(seed=4).astype(np.float64)
+    e = np.random.default_rng(5).standard_normal(len(x))
+    e -= (e @ x) / (x @ x) * x  # orthogonal to x
+    x, e = x - x.mean(), e - e.mean()
+    e -= (e @ x) / (x @ x) * x
+    e *= math.sqrt((x @ x) / (e @ e)) / 10  # |x|^2 / |e|^2 = 100: 20 dB
+    assert math.isclose(am.si_sdr(x.astype(np.float32), (x + e).astype(np.float32), RATE), 20.0, abs_tol=1e-3)
+    # broadband (white noise), so no mel band or STFT bin sits at the log floors (1e-5, 1e-7)
+    w = (0.1 * np.random.default_rng(6).standard_normal(2 * RATE)).astype(np.float32)
+    assert math.isclose(am.mel_distance(w, 2 * w, RATE), math.log10(2), rel_tol=1e-3)
+    assert math.isclose(am.stft(w, 2 * w, RATE), 1 + math.log(2), rel_tol=1e-3)
+    # a steady harmonic tone at 150 Hz vs 165 Hz: WORLD tracks both, RMSE 15 Hz
+    t = np.arange(RATE) / RATE
+    tone = lambda f: (0.1 * sum(np.sin(2 * np.pi * k * f * t) / k for k in range(1, 10))).astype(np.float32)
+    assert math.isclose(am.f0_rmse(tone(150), tone(165), RATE), 15.0, abs_tol=0.5)
+    ref, deg = tone(150), tone(150).copy()
+    deg[RATE // 2:] = 0  # the second half silent: recall ~1/2, precision 1
+    a, b = am.f0_pair(ref, deg, RATE)
+    truth, guess = a > 0, b > 0
+    assert truth.sum() > 90 and guess.sum() < 0.6 * truth.sum()
+    assert am.vuv_f1(ref, deg, RATE) == 2 * (truth & guess).sum() / (truth.sum() + guess.sum())
+    assert math.isclose(am.vuv_f1(ref, deg, RATE), 2 / 3, abs_tol=0.05)  # F1 of recall 1/2, precision 1

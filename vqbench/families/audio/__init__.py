@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from vqbench.families import Batch, Family, Setup, batches_by_length, endless, register_family
+from vqbench.families.audio import espeak
 from vqbench.families.audio.data import (LiteSpeech, audio_files, folder_utterances, listing_key, random_crops,
                                          resolve_root)
 from vqbench.families.audio.metrics import AUDIO_METRICS
@@ -59,6 +60,7 @@ class Data:
 class Model:
     channels: int = 16  # width of the first conv; doubled at every stride
     strides: list[int] = field(default_factory=lambda: [2, 4, 5, 8])  # hop = product: 320 -> 50 tokens/s at 16 kHz
+    full_rate_units: bool = True  # residual units at the sample rate (before the first stride, after the last); False: the first stride is a patchify conv
     l1_weight: float = 1.0  # waveform L1 term
     stft_weight: float = 1.0  # multi-resolution STFT term
     mel_weight: float = 1.0  # log-mel L1 term
@@ -99,6 +101,15 @@ class Audio(Family):
                               "list missing_items last")
 
     @classmethod
+    def prepare(cls, task) -> None:
+        """Render the espeak-ng corpus into the cache (harness code, before the confined stages, which
+        can only read it), so no job stage renders it again. Folder data needs nothing: it is read and
+        resampled in memory."""
+        if task.data.source == "espeak":
+            data = task.data
+            espeak.render(LiteSpeech.items(data.train_utterances, data.eval_utterances, data.corpus_seed))
+
+    @classmethod
     def build(cls, task, seed: int, device: torch.device) -> Setup:
         data, model, dim = task.data, task.model, task.quantizer.dim
         device = torch.device(device)
@@ -129,8 +140,8 @@ class Audio(Family):
         loss = CodecLoss(data.sample_rate, model.l1_weight, model.stft_weight, model.mel_weight, model.gan_weight,
                          model.gan_start, model.disc_lr).to(device)
         return Setup(
-            encoder=Encoder(dim, model.channels, model.strides).to(device),
-            decoder=Decoder(dim, model.channels, model.strides).to(device),
+            encoder=Encoder(dim, model.channels, model.strides, full_rate_units=model.full_rate_units).to(device),
+            decoder=Decoder(dim, model.channels, model.strides, full_rate_units=model.full_rate_units).to(device),
             train_batches=train_batches,
             eval_batches=eval_batches,
             reconstruction_loss=loss,

@@ -120,9 +120,9 @@ class LiteSpeech:
     whole tokens of `hop` samples). `content_key()` hashes every sample of both."""
 
     def __init__(self, rate: int, hop: int, train_utterances: int, eval_utterances: int, real: bool, seed: int = 0):
-        train_items = corpus_items(train_utterances, seed, TRAIN_VARIANTS)
-        eval_items = corpus_items(eval_utterances, seed + 1, EVAL_VARIANTS, exclude={i["text"] for i in train_items})
-        waves = espeak.render(train_items + eval_items)  # one render: one fixed order
+        items = self.items(train_utterances, eval_utterances, seed)
+        train_items, eval_items = items[:train_utterances], items[train_utterances:]
+        waves = espeak.render(items)  # one render: one fixed order
         self.rendered_hash = espeak.content_hash(waves)
         scale = 1 / 32768
         audio = [resample(w * scale, espeak.SAMPLE_RATE, rate) for w in waves]
@@ -132,6 +132,14 @@ class LiteSpeech:
         if real:
             self.eval += [(k, trim(a, hop)) for k, a in real_utterances(rate)]
         self.eval = [(k, a) for k, a in self.eval if len(a)]
+
+    @staticmethod
+    def items(train_utterances: int, eval_utterances: int, seed: int = 0) -> list[dict]:
+        """What is rendered, in render order: the training sentences, then the eval sentences (other
+        sentences, other voice variants)."""
+        train_items = corpus_items(train_utterances, seed, TRAIN_VARIANTS)
+        eval_items = corpus_items(eval_utterances, seed + 1, EVAL_VARIANTS, exclude={i["text"] for i in train_items})
+        return train_items + eval_items
 
     def content_key(self) -> str:
         h = hashlib.sha256()

@@ -31,7 +31,7 @@ class ResidualUnit(nn.Module):
 class Down(nn.Module):
     """Residual units, then a conv of kernel 2s, stride s, padded (ceil(s/2), floor(s/2)): L -> L / s."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int, dilations: tuple[int, ...]):
+    def __init__(self, c_in: int, c_out: int, stride: int, dilations: tuple[int, ...] | tuple[()]):
         super().__init__()
         self.units = nn.Sequential(*[ResidualUnit(c_in, d) for d in dilations])
         self.pad = ((stride + 1) // 2, stride // 2)
@@ -58,14 +58,16 @@ class Up(nn.Module):
 
 
 class Encoder(nn.Module):
-    """(batch, 1, samples) -> (batch, samples / hop, dim)."""
+    """(batch, 1, samples) -> (batch, samples / hop, dim). With full_rate_units=False the first stride has
+    no residual units (its strided conv is a patchify layer), so no residual unit runs at the sample rate."""
 
-    def __init__(self, dim: int, channels: int, strides: list[int], dilations: tuple[int, ...] = (1, 3, 9)):
+    def __init__(self, dim: int, channels: int, strides: list[int], dilations: tuple[int, ...] = (1, 3, 9),
+                 full_rate_units: bool = True):
         super().__init__()
         layers: list[nn.Module] = [nn.Conv1d(1, channels, 7, padding=3)]
         c = channels
-        for s in strides:
-            layers.append(Down(c, 2 * c, s, dilations))
+        for i, s in enumerate(strides):
+            layers.append(Down(c, 2 * c, s, dilations if i or full_rate_units else ()))
             c *= 2
         layers += [nn.ELU(), nn.Conv1d(c, dim, 3, padding=1)]
         self.net = nn.Sequential(*layers)
@@ -78,14 +80,17 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """(batch, tokens, dim) -> (batch, 1, tokens * hop)."""
+    """(batch, tokens, dim) -> (batch, 1, tokens * hop); the mirror of Encoder (full_rate_units=False: the
+    last transposed conv is followed by no residual units)."""
 
-    def __init__(self, dim: int, channels: int, strides: list[int], dilations: tuple[int, ...] = (1, 3, 9)):
+    def __init__(self, dim: int, channels: int, strides: list[int], dilations: tuple[int, ...] = (1, 3, 9),
+                 full_rate_units: bool = True):
         super().__init__()
         c = channels * 2 ** len(strides)
         layers: list[nn.Module] = [nn.Conv1d(dim, c, 7, padding=3)]
-        for s in reversed(strides):
-            layers.append(Up(c, c // 2, s, dilations))
+        for i, s in enumerate(reversed(strides)):
+            last = i == len(strides) - 1
+            layers.append(Up(c, c // 2, s, () if last and not full_rate_units else dilations))
             c //= 2
         layers += [nn.ELU(), nn.Conv1d(c, 1, 7, padding=3)]
         self.net = nn.Sequential(*layers)
