@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import test_protein_data as protein_data  # the protein family's known answers live beside its other tests
 import test_protein_downstream as protein_downstream
 import test_protein_geometry as protein_geometry
+import test_audio_metrics as audio  # the audio family's known answers, likewise
 from vqbench.contract import Quantizer, QuantizerOutput
 from vqbench.enforce import check_rate
 from vqbench.families import Setup
@@ -583,6 +584,17 @@ KNOWN_VALUES = {
     "token_sensitivity": protein_downstream.test_sensitivity_follows_structural_similarity_that_tokens_reflect,
     "ss3_probe_accuracy": protein_downstream.test_probes_read_labels_that_the_codes_carry_and_not_those_they_do_not,
     "bfactor_probe_spearman": protein_downstream.test_probes_read_labels_that_the_codes_carry_and_not_those_they_do_not,
+    # audio family
+    "pesq": audio.test_pesq_and_stoi_equal_the_reference_packages,
+    "stoi": audio.test_pesq_and_stoi_equal_the_reference_packages,
+    "si_sdr": audio.test_known_values_of_a_scaled_or_orthogonally_disturbed_signal,
+    "mel_distance": audio.test_known_values_of_a_scaled_or_orthogonally_disturbed_signal,
+    "stft_distance": audio.test_known_values_of_a_scaled_or_orthogonally_disturbed_signal,
+    "f0_rmse": audio.test_known_values_of_a_scaled_or_orthogonally_disturbed_signal,
+    "vuv_f1": audio.test_known_values_of_a_scaled_or_orthogonally_disturbed_signal,
+    "bitrate_kbps": audio.test_bitrate_arithmetic,
+    "missing_items": audio.test_a_failing_item_is_missing_with_its_reason_not_a_number,
+    "utmos": audio.test_a_failing_item_is_missing_with_its_reason_not_a_number,  # unavailable with its reason
 }
 
 
