@@ -87,6 +87,8 @@ def run_contained(submission: Submission, task, seed: int, root: Path, executor:
         runs_submission = target is not score
         outcome = run_in_child(target, args, left, memory_limit_gb(task), progress, confined=runs_submission) \
             if left > 0 else ChildOutcome(failure=f"timeout: job exceeded {timeout_s:.0f} s", kind="JobTimeout")
+        if outcome.kind == "JobTimeout":  # the child knew only the time left to it; name the job's limit
+            outcome.failure = f"timeout: job exceeded {timeout_s:.0f} s"
         phases[f"{target.__name__}_process"] = outcome.wall_time_s
         if runs_submission and outcome.confinement:
             confinement.append(outcome.confinement)
