@@ -25,6 +25,23 @@ def styles(board: Board) -> dict[str, dict]:
                 "marker": MARKERS[i % len(MARKERS)]} for i, s in enumerate(sorted(board.subs))}
 
 
+def pyplot():
+    """matplotlib.pyplot, headless, with SVG ids that depend on the content only."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    matplotlib.rcParams["svg.hashsalt"] = "vqbench"  # stable ids: the SVG is a pure function of results
+    return plt
+
+
+def svg(fig) -> bytes:
+    """The figure as SVG bytes without dates (deterministic), then closed."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+    pyplot().close(fig)
+    return buf.getvalue()
+
+
 def label(text: str) -> str:
     return text.replace("$", r"\$")  # untrusted names: no mathtext
 
@@ -73,10 +90,7 @@ def sweep_plot(base_id: str, file_tasks: list, board: Board, style: dict) -> tup
     fields = sweep_fields(file_tasks)
     if fields is None:
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    matplotlib.rcParams["svg.hashsalt"] = "vqbench"  # stable ids: the SVG is a pure function of results
+    plt = pyplot()
     groups: dict[tuple, list] = {}
     for t in sorted(file_tasks, key=lambda t: [v for _, v in t.sweep_point]):
         groups.setdefault(t.sweep_point[1:], []).append(t)
@@ -92,10 +106,7 @@ def sweep_plot(base_id: str, file_tasks: list, board: Board, style: dict) -> tup
             legend.setdefault(text, handle)
     fig.tight_layout(rect=(0, 0, 0.8, 1))
     fig.legend(list(legend.values()), list(legend), fontsize=7, loc="center right", frameon=False)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
-    plt.close(fig)
-    return buf.getvalue(), captions
+    return svg(fig), captions
 
 
 def draw_row(axes, tasks: list, x: str, where: str, board: Board, style: dict) -> list[str]:
@@ -187,10 +198,7 @@ def usage_plot(tid: str, board: Board, style: dict) -> tuple[bytes, list[str]] |
                         [max(v) for v in per_step], len(same))
     if not lines:
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    matplotlib.rcParams["svg.hashsalt"] = "vqbench"
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for s, (steps, mean, low, high, n) in lines.items():
         ax.plot(steps, mean, label=label(f"{board.subs[s].meta.display_name} ({n} seed{'s' if n > 1 else ''})"),
@@ -208,16 +216,14 @@ def usage_plot(tid: str, board: Board, style: dict) -> tuple[bytes, list[str]] |
     ax.grid(alpha=0.3)
     fig.tight_layout(rect=(0, 0, 0.72, 1))
     fig.legend(fontsize=7, loc="center right", frameon=False)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
-    plt.close(fig)
+    image = svg(fig)
     captions = ["Each point: the share of the K codes emitted in the window of steps before it (counted by the "
                 "harness while the submission trains); line: mean over seeds; band: lowest to highest seed."]
     span = (max(values) - min(values)) or 1
     for g in coinciding({s: list(zip(line[0], line[1])) for s, line in lines.items()}, span):
         captions.append("These curves coincide and hide one another: "
                         + ", ".join(board.subs[s].meta.display_name for s in g) + ".")
-    return buf.getvalue(), captions
+    return image, captions
 
 
 def usage_plots(board: Board) -> dict[str, tuple[str, bytes, list[str]]]:

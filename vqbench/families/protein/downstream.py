@@ -78,6 +78,20 @@ class _PerResidue:
         for i, item_id in enumerate(batch.batch.ids):
             self.items[item_id] = (codes[i], batch.z_hat[i].double().cpu())
 
+    def cross_fit(self, targets: dict[str, torch.Tensor], none_reason: str):
+        """(x_train, y_train, x_test, y_test) of both folds, standardized by the training fold: the
+        items with a target, split in two by a hash of their id (`none_reason` if a fold is empty)."""
+        folds = [([], []), ([], [])]
+        for item_id, (_, vecs) in self.items.items():
+            if item_id in targets:
+                folds[_fold(item_id)][0].append(vecs)
+                folds[_fold(item_id)][1].append(targets[item_id])
+        if not all(f[0] for f in folds):
+            raise MetricUnavailable(none_reason)
+        for k in (0, 1):
+            xtr, xte = _standardize(torch.cat(folds[k][0]), torch.cat(folds[1 - k][0]))
+            yield xtr, torch.cat(folds[k][1]), xte, torch.cat(folds[1 - k][1])
+
 
 def _fold(item_id: str) -> int:
     return hashlib.sha256(item_id.encode()).digest()[0] % 2
@@ -128,9 +142,13 @@ def _standardize(train: torch.Tensor, test: torch.Tensor) -> tuple[torch.Tensor,
     return (train - mean) / std, (test - mean) / std
 
 
+def _with_bias(x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+
+
 def _fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float = 1e-3) -> torch.Tensor:
     """Multinomial logistic regression (weights with a bias row), L-BFGS to convergence."""
-    x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    x1 = _with_bias(x)
     w = torch.zeros(x1.shape[1], classes, dtype=x.dtype, requires_grad=True)
     opt = torch.optim.LBFGS([w], max_iter=200, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
 
@@ -151,20 +169,12 @@ class SecondaryStructureProbe(_PerResidue):
         self.labels = labels
 
     def compute(self) -> float:
-        folds = [([], []), ([], [])]
-        for item_id, (_, vecs) in self.items.items():
-            if (y := self.labels.get(item_id)) is not None:
-                folds[_fold(item_id)][0].append(vecs)
-                folds[_fold(item_id)][1].append(torch.from_numpy(y))
-        if not all(f[0] for f in folds):
-            raise MetricUnavailable("fewer than two eval chains with every O atom (DSSP needs N, CA, C, O)")
+        labelled = {i: torch.from_numpy(y) for i, y in self.labels.items() if y is not None}
         correct, total = 0, 0
-        for k in (0, 1):
-            xtr, ytr = torch.cat(folds[k][0]), torch.cat(folds[k][1])
-            xte, yte = torch.cat(folds[1 - k][0]), torch.cat(folds[1 - k][1])
-            xtr, xte = _standardize(xtr, xte)
+        for xtr, ytr, xte, yte in self.cross_fit(labelled, "fewer than two eval chains with every O atom (DSSP "
+                                                 "needs N, CA, C, O)"):
             w = _fit_logistic(xtr, ytr, len(SS3))
-            pred = (torch.cat([xte, torch.ones(len(xte), 1, dtype=xte.dtype)], 1) @ w).argmax(1)
+            pred = (_with_bias(xte) @ w).argmax(1)
             correct, total = correct + int((pred == yte).sum()), total + len(yte)
         return correct / total
 
@@ -179,25 +189,17 @@ class BFactorProbe(_PerResidue):
 
     def compute(self) -> float:
         from scipy.stats import spearmanr
-        folds = [([], []), ([], [])]
-        for item_id, (_, vecs) in self.items.items():
-            if item_id in self.targets:
-                folds[_fold(item_id)][0].append(vecs)
-                folds[_fold(item_id)][1].append(torch.from_numpy(self.targets[item_id]).double())
-        if not all(f[0] for f in folds):
-            raise MetricUnavailable("fewer than two eval chains with varying B-factors")
-        if len(torch.unique(torch.cat([v for f in folds for v in f[0]]), dim=0)) < 2:
+        targets = {i: torch.from_numpy(t).double() for i, t in self.targets.items()}
+        folds = list(self.cross_fit(targets, "fewer than two eval chains with varying B-factors"))
+        if len(torch.unique(torch.cat([v for i, (_, v) in self.items.items() if i in targets]), dim=0)) < 2:
             raise MetricUnavailable("one code vector on every residue: a probe's predictions carry no ranking")
         pred_all, true_all = [], []
-        for k in (0, 1):
-            xtr, ytr = torch.cat(folds[k][0]), torch.cat(folds[k][1])
-            xte, yte = torch.cat(folds[1 - k][0]), torch.cat(folds[1 - k][1])
-            xtr, xte = _standardize(xtr, xte)
-            x1 = torch.cat([xtr, torch.ones(len(xtr), 1, dtype=xtr.dtype)], 1)
+        for xtr, ytr, xte, yte in folds:
+            x1 = _with_bias(xtr)
             reg = self.l2 * len(xtr) * torch.eye(x1.shape[1], dtype=x1.dtype)
             reg[-1, -1] = 0
             w = torch.linalg.solve(x1.T @ x1 + reg, x1.T @ ytr)
-            pred_all.append(torch.cat([xte, torch.ones(len(xte), 1, dtype=xte.dtype)], 1) @ w)
+            pred_all.append(_with_bias(xte) @ w)
             true_all.append(yte)
         pred, true = torch.cat(pred_all).numpy(), torch.cat(true_all).numpy()
         return float(spearmanr(pred, true).statistic)
