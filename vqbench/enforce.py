@@ -38,26 +38,33 @@ def check_rate(quantizer: Quantizer, budget_codebook_size: int, where: str = "")
     return size, depth
 
 
-def check_output(out: object, z: Tensor, where: str, codebook_size: int, depth: int) -> QuantizerOutput:
+def check_output(out: object, z: Tensor, where: str, codebook_size: int, depth: int,
+                 check_range: bool = True) -> QuantizerOutput:
+    """`check_range=False` leaves the codes' range to the caller: reading min and max makes the host
+    wait for the device, and the training loop checks it without that (vqbench.train.StepChecks)."""
     if not isinstance(out, QuantizerOutput):
         raise JobFailure(f"{where}: forward() returned {type(out).__name__}, not QuantizerOutput")
     if type(out.z_q) is not Tensor:  # a Tensor subclass could change what indexing or comparison does
         raise JobFailure(f"{where}: z_q must be a torch.Tensor, got {type(out.z_q).__name__}")
     if out.z_q.shape != z.shape:
         raise JobFailure(f"{where}: z_q has shape {tuple(out.z_q.shape)}, expected {tuple(z.shape)}")
-    check_codes(out.codes, z, where, codebook_size, depth)
+    check_codes(out.codes, z, where, codebook_size, depth, check_range)
     return out
 
 
-def check_codes(codes: Tensor, z: Tensor, where: str, codebook_size: int, depth: int) -> None:
+def check_codes(codes: Tensor, z: Tensor, where: str, codebook_size: int, depth: int,
+                check_range: bool = True) -> None:
     expected = tuple(z.shape[:2]) + ((depth,) if depth > 1 else ())
     if type(codes) is not Tensor or codes.dtype != torch.int64:
         raise JobFailure(f"{where}: codes must be an int64 tensor, got {getattr(codes, 'dtype', type(codes).__name__)}")
     if tuple(codes.shape) != expected:
         raise JobFailure(f"{where}: codes have shape {tuple(codes.shape)}, expected {expected}")
-    if codes.numel() and (codes.min() < 0 or codes.max() >= codebook_size):
-        raise JobFailure(f"{where}: codes outside [0, {codebook_size}): "
-                         f"min {int(codes.min())}, max {int(codes.max())}")
+    if check_range and codes.numel() and (codes.min() < 0 or codes.max() >= codebook_size):
+        raise codes_outside(where, codebook_size, int(codes.min()), int(codes.max()))
+
+
+def codes_outside(where: str, codebook_size: int, low: int, high: int) -> JobFailure:
+    return JobFailure(f"{where}: codes outside [0, {codebook_size}): min {low}, max {high}")
 
 
 def max_difference(a: Tensor, b: Tensor) -> float | None:

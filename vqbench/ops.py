@@ -40,6 +40,13 @@ def _search_faiss(z: Tensor, codebook: Tensor) -> Tensor:
     return torch.from_numpy(labels[:, 0]).clamp_min_(0)  # -1: no finite distance (NaN row) -> code 0
 
 
+# Distances per chunk of the torch search. A GPU runs one launch per chunk, so small chunks make a
+# large-K search launch-bound: 2^20 (4 MiB) at K = 16,384 is 128 chunks of 64 rows per batch of
+# 8,192, and the GPU idled most of a training step (bench/gpu_train.py). 2^26 (256 MiB) is 2 chunks
+# there, and stays inside the 1 GB bound at K = 2^18 (docs/performance.md, P1).
+TORCH_SEARCH_BUDGET = {"cpu": 2 ** 20, "cuda": 2 ** 26}
+
+
 def _search_torch(z: Tensor, codebook: Tensor, budget: int) -> Tensor:
     """|z - c|^2 = |z|^2 - 2 z.c + |c|^2 ranked by |c|^2 - 2 z.c, one addmm per chunk of rows into
     at most `budget` distances, so memory stays bounded at K = 2^18 too (any device, any dtype)."""
@@ -53,7 +60,7 @@ def _search_torch(z: Tensor, codebook: Tensor, budget: int) -> Tensor:
 
 
 @torch.no_grad()
-def nearest_code(z: Tensor, codebook: Tensor, budget: int = 2 ** 20,
+def nearest_code(z: Tensor, codebook: Tensor, budget: int | None = None,
                  backend: str | None = None) -> tuple[Tensor, Tensor]:
     """Index of the nearest row of `codebook` (K, d) for each row of `z` (..., d) flattened to (n, d),
     and its squared L2 distance (clamped >= 0, in z's dtype).
@@ -66,7 +73,8 @@ def nearest_code(z: Tensor, codebook: Tensor, budget: int = 2 ** 20,
     |z|^2 - 2 z.c + |c|^2 may differ from a float64 search (docs/performance.md); exact ties
     (duplicate codes) go to the lowest index on the torch path, to any copy on faiss's. The distance is recomputed directly as |z - c_idx|^2, so it is the same
     on every path and has no cancellation error. `backend` ("faiss" or "torch") overrides the choice,
-    e.g. to test on CPU the path GPUs take; `budget` bounds the torch path's distance chunk.
+    e.g. to test on CPU the path GPUs take; `budget` bounds the torch path's distance chunk
+    (default: TORCH_SEARCH_BUDGET for the device).
     """
     z = z.detach().reshape(-1, codebook.shape[-1])
     dtype = torch.promote_types(torch.promote_types(z.dtype, codebook.dtype), torch.float32)
@@ -82,7 +90,7 @@ def nearest_code(z: Tensor, codebook: Tensor, budget: int = 2 ** 20,
         elif backend == "faiss" or (backend is None and on_faiss):
             idx = _search_faiss(zs, cs)
         else:
-            idx = _search_torch(zs, cs, budget)
+            idx = _search_torch(zs, cs, budget or TORCH_SEARCH_BUDGET.get(z.device.type, TORCH_SEARCH_BUDGET["cpu"]))
         dist = ((zs - cs[idx]) ** 2).sum(1)
     return idx, dist.to(z.dtype)
 
@@ -107,11 +115,14 @@ def vq_loss(z: Tensor, z_q: Tensor, beta: float = 0.25) -> Tensor:
 
 
 @torch.no_grad()
-def usage_metrics(idx: Tensor, num_codes: int) -> dict[str, float]:
-    """Batch code usage for training logs: perplexity exp(H) and fraction of codes used."""
+def usage_metrics(idx: Tensor, num_codes: int) -> dict[str, Tensor]:
+    """Batch code usage for training logs: perplexity exp(H) and fraction of codes used, as 0-d
+    tensors: a float() here would make the host wait for the GPU on every step, and the harness
+    reads the log only at its curve points (vqbench.train.loggable)."""
     counts = torch.bincount(idx.flatten(), minlength=num_codes).double()
-    p = counts[counts > 0] / counts.sum()
-    return {"perplexity": float(torch.exp(-(p * p.log()).sum())), "used": float((counts > 0).sum()) / num_codes}
+    p = counts / counts.sum()
+    entropy = -torch.where(counts > 0, p * p.log(), torch.zeros_like(p)).sum()  # no boolean indexing: it syncs
+    return {"perplexity": torch.exp(entropy), "used": (counts > 0).sum().double() / num_codes}
 
 
 @torch.no_grad()

@@ -10,9 +10,10 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from vqbench.contract import Quantizer
-from vqbench.enforce import JobFailure, check_output
+from vqbench.enforce import JobFailure, check_output, codes_outside
 from vqbench.families import Setup
 from vqbench.ops import code_index
 
@@ -51,6 +52,41 @@ def window_usage(counts: torch.Tensor) -> list[float]:
     return [round(len(used) / len(counts), 6), round(float(torch.exp(-(p * p.log()).sum())) / len(counts), 6)]
 
 
+class StepChecks:
+    """The training step's checks (codes in [0, K), a finite loss) without a host read per step.
+
+    Reading a CUDA tensor on the host (bool(), float(), int()) waits for every queued kernel, so
+    per-step checks left the GPU idle while the host prepared the next step. On CUDA each step's
+    evidence stays on the device and `flush()` reads it all at once at the loop's curve points
+    (1/20 of training): a failure reports its first bad step, a few steps late at most. On CPU
+    nothing waits, so flush() runs every step and a failure stops training before its backward pass.
+    """
+
+    def __init__(self, device: torch.device, codebook_size: int):
+        self.every_step = device.type != "cuda"
+        self.codebook_size = codebook_size
+        self.pending: list[tuple[int, Tensor]] = []
+
+    def add(self, step: int, codes: Tensor, recon: Tensor, quantizer_loss, loss: Tensor) -> None:
+        floats = [recon.detach(), torch.as_tensor(quantizer_loss, device=loss.device).detach(), loss.detach()]
+        ranged = [codes.min(), codes.max()] if codes.numel() else [torch.zeros((), device=loss.device)] * 2
+        self.pending.append((step, torch.stack([v.double().reshape(()) for v in ranged + floats])))
+        if self.every_step:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        rows = torch.stack([evidence for _, evidence in self.pending]).cpu().tolist()  # the one host read
+        steps, self.pending = [step for step, _ in self.pending], []
+        for step, (low, high, recon, quantizer_loss, loss) in zip(steps, rows):
+            if low < 0 or high >= self.codebook_size:
+                raise codes_outside(f"training step {step}", self.codebook_size, int(low), int(high))
+            if not math.isfinite(loss):
+                raise JobFailure(f"non-finite loss at training step {step}: reconstruction {recon:.4g}, "
+                                 f"quantizer loss {quantizer_loss:.4g}")
+
+
 def train(setup: Setup, quantizer: Quantizer, task, on_step: Callable[[int], None] | None = None) -> dict:
     """Returns the loss curve and, at the same steps, the quantizer's own log and the harness's usage
     curve: [step, utilization, perplexity / K] of the codes emitted since the previous point (when a
@@ -67,22 +103,25 @@ def train(setup: Setup, quantizer: Quantizer, task, on_step: Callable[[int], Non
     curve, quantizer_log, usage_curve = [], [], []
     space = quantizer.codebook_size ** quantizer.depth
     counts = None  # codes emitted since the last curve point, on the codes' device (no sync per step)
+    checks = StepChecks(device, quantizer.codebook_size)
     for step in range(spec.steps):
         quantizer.schedule(step, spec.steps)
         x = next(setup.train_batches)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             z = setup.encoder(x)
-            out = check_output(quantizer(z), z, f"training step {step}", quantizer.codebook_size, quantizer.depth)
+            out = check_output(quantizer(z), z, f"training step {step}", quantizer.codebook_size, quantizer.depth,
+                               check_range=False)  # StepChecks reads the range
         if space <= USAGE_MAX_CODES:
-            index = code_index(out.codes.detach(), quantizer.codebook_size, quantizer.depth).flatten()
+            # clamped: on CUDA the range is read later, and an index past the end is a device-side assert
+            codes = out.codes.detach().clamp(0, quantizer.codebook_size - 1)
+            index = code_index(codes, quantizer.codebook_size, quantizer.depth).flatten()
             counts = torch.zeros(space, dtype=torch.long, device=index.device) if counts is None else counts
             counts.index_add_(0, index, torch.ones_like(index))  # no K-long temporary per step (K up to 2^24)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             x_hat = setup.decoder(out.z_q)
             recon = setup.reconstruction_loss(x_hat.float(), x)
             loss = recon + out.loss
-        if not torch.isfinite(loss):
-            raise JobFailure(f"non-finite loss at training step {step}: reconstruction {float(recon.detach()):.4g}, "
-                             f"quantizer loss {float(torch.as_tensor(out.loss).detach()):.4g}")
+        checks.add(step, out.codes, recon, out.loss, loss)
         if optimizer is not None and loss.requires_grad:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -90,6 +129,7 @@ def train(setup: Setup, quantizer: Quantizer, task, on_step: Callable[[int], Non
                 torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
             optimizer.step()
         if step % max(1, spec.steps // CURVE_POINTS) == 0 or step == spec.steps - 1:
+            checks.flush()
             curve.append([step, float(recon.detach())])
             if logged := loggable(out.metrics):
                 quantizer_log.append([step, logged])

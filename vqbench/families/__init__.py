@@ -21,6 +21,8 @@ import abc
 import fnmatch
 import importlib
 import os
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
@@ -210,6 +212,38 @@ def endless(make_batch: Callable[[torch.Generator], Tensor], seed: int) -> Itera
     gen = torch.Generator().manual_seed(seed)
     while True:
         yield make_batch(gen)
+
+
+def to_device(batches: Iterator[Tensor], device: torch.device | str, ahead: int = 2) -> Iterator[Tensor]:
+    """`batches` on `device`, in the same order. On CUDA a thread makes up to `ahead` batches in
+    advance into pinned memory and each is copied without blocking the host, so the GPU does not
+    wait while the CPU samples the next batch (bench/gpu_train.py). The thread starts at the first
+    batch asked for: a stage that builds a Setup but never trains starts nothing."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return (x.to(device) for x in batches)
+    return _prefetched(batches, device, ahead)
+
+
+_END = object()
+
+
+def _prefetched(batches: Iterator[Tensor], device: torch.device, ahead: int) -> Iterator[Tensor]:
+    ready: queue.Queue = queue.Queue(maxsize=ahead)
+
+    def produce() -> None:
+        try:
+            for x in batches:
+                ready.put(x.pin_memory())
+            ready.put(_END)
+        except BaseException as e:  # handed to the consumer, raised where the batch was asked for
+            ready.put(e)
+
+    threading.Thread(target=produce, daemon=True, name="vqbench-prefetch").start()
+    while (x := ready.get()) is not _END:
+        if isinstance(x, BaseException):
+            raise x
+        yield x.to(device, non_blocking=True)
 
 
 def batches_by_length(items: Sequence[tuple[str, Tensor]], max_tokens: int, length_dim: int = 0,

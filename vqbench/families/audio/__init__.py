@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from vqbench.families import Batch, Family, Setup, batches_by_length, endless, register_family
+from vqbench.families import Batch, Family, Setup, batches_by_length, endless, register_family, to_device
 from vqbench.families.audio import espeak
 from vqbench.families.audio.data import (LiteSpeech, audio_files, folder_utterances, listing_key, random_crops,
                                          resolve_root)
@@ -129,7 +129,7 @@ class Audio(Family):
                 raise ConfigError(task.path, "data.root", f"no readable audio in {root}", "see the warnings above")
         crop = round(data.crop_seconds * data.sample_rate)
         batch = task.train.batch_size
-        train_batches = (x.to(device) for x in endless(lambda g: random_crops(train, batch, crop, g), seed))
+        train_batches = to_device(endless(lambda g: random_crops(train, batch, crop, g), seed), device)
         # items of one exact length share a batch; a token never covers padding
         eval_set = batches_by_length([(k, torch.from_numpy(np.ascontiguousarray(x))[None]) for k, x in items],
                                      round(data.eval_batch_seconds * data.sample_rate), length_dim=1)

@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch
 
-from vqbench.families import Family, Setup, endless, register_family
+from vqbench.families import Family, Setup, endless, register_family, to_device
 from vqbench.families.image.data import (ImageFolder, LitePhotos, endless_loader, image_files, listing_key,
                                          resolve_root, uint8_to_float)
 from vqbench.families.image.metrics import LPIPS, weights_or_reason
@@ -106,7 +106,7 @@ class Image(Family):
                                 data.split_seed)
             eval_set = photos.eval_set  # uint8 on CPU: 128 crops of 64x64 are 1.5 MB
             reference_key = f"photos-{photos.content_key()}"
-            train_batches = (x.to(device) for x in endless(lambda g: photos.train.sample(batch, g), seed))
+            train_batches = to_device(endless(lambda g: photos.train.sample(batch, g), seed), device)
 
             def eval_batches():
                 return (uint8_to_float(eval_set[i:i + eval_batch]).to(device)

@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from vqbench.families import Family, Setup, batches_by_length, endless, register_family
+from vqbench.families import Family, Setup, batches_by_length, endless, register_family, to_device
 from vqbench.families.protein import metrics as _metrics  # noqa: F401  (registers the metrics)
 from vqbench.families.protein.data import chain_sets
 from vqbench.families.protein.downstream import pair_tm_scores, ss3_labels
@@ -135,7 +135,7 @@ class Protein(Family):
             encoder=Encoder(dim, model.width, model.encoder_blocks, model.kernel).to(device),
             decoder=Decoder(dim, model.width, model.decoder_blocks, model.kernel, model.attention_layers,
                             model.heads, model.output).to(device),
-            train_batches=(x.to(device) for x in endless(lambda g: crops(train_coords, data.crop, batch, g), seed)),
+            train_batches=to_device(endless(lambda g: crops(train_coords, data.crop, batch, g), seed), device),
             eval_batches=lambda: iter(eval_set),
             reconstruction_loss=reconstruction_loss(model),
             metric_context={"eval_key": key, "eval_chains": len(held), "train_chains": len(train),

@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from vqbench.families import Family, Setup, endless, register_family
+from vqbench.families import Family, Setup, endless, register_family, to_device
 from vqbench.kmeans import cached_kmeans_mse
 from vqbench.metrics import MeanSquaredError, register_metric
 from vqbench.schema import ConfigError
@@ -165,7 +165,7 @@ class Synthetic(Family):
         return Setup(
             encoder=encoder.to(device),
             decoder=decoder.to(device),
-            train_batches=(x.to(device) for x in endless(lambda g: dist.sample(batch, g), seed)),
+            train_batches=to_device(endless(lambda g: dist.sample(batch, g), seed), device),
             eval_batches=eval_batches,
             reconstruction_loss=nn.functional.mse_loss,
             metric_context={"eval_set": eval_set, "data_key": dist.key},  # for the k-means reference
