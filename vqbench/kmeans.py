@@ -12,8 +12,8 @@ K = 16,384 they stop after one or two. The last step's search gives the objectiv
 nearest-centre MSE of the final centres. Best of `n_init` restarts.
 
 Nearest-centre search for the reference runs on the CPU with faiss (exact IndexFlatL2, about 5x
-`vqbench.ops.nearest_code` at d = 16), one thread: deterministic given the seed, whatever device
-the eval set lives on. The result is cached on disk by a key covering data, K, restarts and
+`vqbench.ops.nearest_code` at d = 16), one thread: deterministic given the seed. Where a GPU exists
+the whole algorithm runs there instead (chunked exact searches), cached under its own name. The result is cached on disk by a key covering data, K, restarts and
 `ALGORITHM`, under a file lock so parallel jobs compute it once.
 """
 from __future__ import annotations
@@ -67,8 +67,29 @@ def faiss_search(x: Tensor, centers: Tensor, m: int = 1) -> tuple[Tensor, Tensor
     return torch.from_numpy(idx).long(), torch.from_numpy(dist).clamp_min(0)
 
 
+def search(x: Tensor, centers: Tensor, m: int = 1) -> tuple[Tensor, Tensor]:
+    """The `m` nearest centres of each row and their squared distances, exact in float32: faiss on
+    the CPU, chunked matrix products on a GPU (where faiss-cpu would leave the GPU idle; at the full
+    tier's 2^20 points and K = 2^18 one search is ~18 TFLOP, hours on one CPU thread)."""
+    return _torch_search(x, centers, m) if x.is_cuda else faiss_search(x, centers, m)
+
+
+def _torch_search(x: Tensor, centers: Tensor, m: int, budget: int = 2 ** 26) -> tuple[Tensor, Tensor]:
+    c_sq = (centers * centers).sum(1)
+    idx = torch.empty(x.shape[0], m, dtype=torch.long, device=x.device)
+    dist = torch.empty(x.shape[0], m, dtype=x.dtype, device=x.device)
+    step = max(1, budget // centers.shape[0])
+    for start in range(0, x.shape[0], step):
+        rows = x[start:start + step]
+        near = torch.addmm(c_sq, rows, centers.T, beta=1, alpha=-2).topk(m, dim=1, largest=False).indices
+        exact = ((rows[:, None, :] - centers[near]) ** 2).sum(-1)  # no |x|^2 - 2x.c + |c|^2 cancellation
+        order = exact.argsort(1)
+        idx[start:start + step], dist[start:start + step] = near.gather(1, order), exact.gather(1, order)
+    return idx, dist
+
+
 def _nearest(x: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
-    idx, dist = faiss_search(x, centers)
+    idx, dist = search(x, centers)
     return idx[:, 0], dist[:, 0]
 
 
@@ -78,9 +99,9 @@ def batched_d2_seeding(x: Tensor, k: int, gen: torch.Generator, rounds: int = 64
     the D^2 distribution left by the previous round (exact k-means++ while k <= rounds). Returns the centres and each point's
     nearest centre and squared distance to it."""
     n = x.shape[0]
-    centers = torch.empty(k, x.shape[1], dtype=x.dtype)
+    centers = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
     centers[0] = x[torch.randint(n, (1,), generator=gen)]
-    assign = torch.zeros(n, dtype=torch.long)
+    assign = torch.zeros(n, dtype=torch.long, device=x.device)
     dist = ((x - centers[0]) ** 2).sum(1)
     have, batch = 1, -(-(k - 1) // rounds)
     while have < k:
@@ -88,7 +109,7 @@ def batched_d2_seeding(x: Tensor, k: int, gen: torch.Generator, rounds: int = 64
         if b == 0:  # fewer distinct points than k: the rest duplicate a point (they stay empty)
             centers[have:] = centers[0]
             break
-        centers[have:have + b] = x[torch.multinomial(dist, b, replacement=False, generator=gen)]
+        centers[have:have + b] = x[torch.multinomial(dist.cpu(), b, replacement=False, generator=gen)]  # CPU draws on any device
         a, d = _nearest(x, centers[have:have + b])
         closer = d < dist
         dist, assign = torch.where(closer, d, dist), torch.where(closer, a + have, assign)
@@ -149,13 +170,13 @@ def _all_if_better(xs: Tensor, src: Tensor, dst: Tensor, sums: Tensor, counts: T
     cluster this moves them in bulk, as Lloyd does, where one move per cluster a round would crawl."""
     touched = torch.cat([src, dst]).unique()
     new_sums = sums.index_add(0, src, -xs).index_add(0, dst, xs)[touched]
-    new_counts = counts.index_add(0, src, torch.full((len(src),), -1.0, dtype=counts.dtype)).index_add(
-        0, dst, torch.ones(len(dst), dtype=counts.dtype))[touched]
+    new_counts = counts.index_add(0, src, torch.full((len(src),), -1.0, dtype=counts.dtype, device=xs.device)).index_add(
+        0, dst, torch.ones(len(dst), dtype=counts.dtype, device=xs.device))[touched]
     if (new_counts < 1).any():
         return None
     before = ((sums[touched] ** 2).sum(1) / counts[touched].clamp_min(1)).sum()
     after = ((new_sums ** 2).sum(1) / new_counts).sum()
-    return torch.ones(len(src), dtype=torch.bool) if after > before * (1 + 1e-12) else None
+    return torch.ones(len(src), dtype=torch.bool, device=xs.device) if after > before * (1 + 1e-12) else None
 
 
 @torch.no_grad()
@@ -172,13 +193,13 @@ def hartigan(x: Tensor, assign: Tensor, k: int, candidates: int = 4, refreshes: 
     with few points per cluster the difference is large."""
     x64 = x.double()
     counts = torch.bincount(assign, minlength=k).double()
-    sums = torch.zeros(k, x.shape[1], dtype=torch.float64).index_add_(0, assign, x64)
+    sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, assign, x64)
     assign = assign.clone()
     for _refresh in range(refreshes + 1):
         # a point's candidates: its nearest centres, exactly (the centres nearest its own centre, a
         # k x k search, are cheaper but reach a 4-7% worse objective: bench notes in docs/performance.md)
-        cand = faiss_search(x, (sums / counts.clamp_min(1)[:, None]).float(), min(candidates, k))[0]
-        active = torch.ones(x.shape[0], dtype=torch.bool)
+        cand = search(x, (sums / counts.clamp_min(1)[:, None]).float(), min(candidates, k))[0]
+        active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         moved_since_refresh = 0
         while True:
             pts = active.nonzero().flatten()
@@ -198,20 +219,20 @@ def hartigan(x: Tensor, assign: Tensor, k: int, candidates: int = 4, refreshes: 
                 break
             win = _all_if_better(x64[pts], a, b, sums, counts)
             if win is None:  # one move per cluster, the largest gain at both its ends: gains add up
-                top = torch.full((k,), -1.0)
+                top = torch.full((k,), -1.0, device=x.device)
                 top.scatter_reduce_(0, a, gain, "amax").scatter_reduce_(0, b, gain, "amax")
                 win = (gain == top[a]) & (gain == top[b])
                 touches = torch.bincount(torch.cat([a[win], b[win]]), minlength=k)
                 win &= (touches[a] == 1) & (touches[b] == 1)  # equal gains sharing a cluster: neither moves
             p, src, dst = pts[win], a[win], b[win]
             sums.index_add_(0, src, -x64[p]).index_add_(0, dst, x64[p])
-            counts.index_add_(0, src, torch.full((len(p),), -1.0, dtype=torch.float64))
-            counts.index_add_(0, dst, torch.ones(len(p), dtype=torch.float64))
+            counts.index_add_(0, src, torch.full((len(p),), -1.0, dtype=torch.float64, device=x.device))
+            counts.index_add_(0, dst, torch.ones(len(p), dtype=torch.float64, device=x.device))
             assign[p] = dst
             moved_since_refresh += len(p)
             if len(p) < min_moves * x.shape[0]:  # the tail of tiny rounds costs more than it gains
                 break
-            changed = torch.zeros(k, dtype=torch.bool)
+            changed = torch.zeros(k, dtype=torch.bool, device=x.device)
             changed[src], changed[dst] = True, True
             # only points whose clusters (own or candidate) changed, or whose move lost, can move next
             active = changed[assign] | changed[cand].any(1)
@@ -232,10 +253,12 @@ def quick_kmeans(x: Tensor, k: int, iters: int = 10) -> Tensor:
 
 
 @torch.no_grad()
-def kmeans(x: Tensor, k: int, n_init: int = 3, seed: int = 0) -> tuple[Tensor, float]:
-    """Best-of-`n_init` k-means on the CPU; returns (centers, mean squared error per element of the
-    exact nearest-centre assignment). Deterministic given `seed`."""
-    x = x.reshape(-1, x.shape[-1]).detach().float().cpu().contiguous()
+def kmeans(x: Tensor, k: int, n_init: int = 3, seed: int = 0, device: str | torch.device = "cpu"
+           ) -> tuple[Tensor, float]:
+    """Best-of-`n_init` k-means on `device`; returns (centers, mean squared error per element of the
+    exact nearest-centre assignment). Deterministic given `seed` on the CPU; on CUDA the float64
+    sums are accumulated by atomics, so two runs can differ in the last digits."""
+    x = x.reshape(-1, x.shape[-1]).detach().float().to(device).contiguous()
     if k >= x.shape[0]:
         return x.clone(), 0.0
     gen = torch.Generator().manual_seed(seed)
@@ -244,7 +267,7 @@ def kmeans(x: Tensor, k: int, n_init: int = 3, seed: int = 0) -> tuple[Tensor, f
         centers, assign, _ = batched_d2_seeding(x, k, gen)
         assign = hartigan(x, assign, k)
         counts = torch.bincount(assign, minlength=k)
-        sums = torch.zeros(k, x.shape[1], dtype=torch.float64).index_add_(0, assign, x.double())
+        sums = torch.zeros(k, x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, assign, x.double())
         centers = torch.where(counts[:, None] > 0, (sums / counts.clamp_min(1)[:, None]).float(), centers)
         partition = float(((x - centers[assign]).double() ** 2).sum()) / x.numel()
         centers, mse = _polish(x, centers, partition)
@@ -253,13 +276,15 @@ def kmeans(x: Tensor, k: int, n_init: int = 3, seed: int = 0) -> tuple[Tensor, f
     return best
 
 
-def cached_kmeans_mse(x: Tensor, k: int, key: str, n_init: int = 3) -> float:
+def cached_kmeans_mse(x: Tensor, k: int, key: str, n_init: int = 3, device: str | torch.device | None = None) -> float:
     """k-means MSE of `x` with `k` centres, computed once per `key` (which must cover x and k) and
     `ALGORITHM`, and cached with its digest (vqbench.cache): a file that fails verification is
-    recomputed."""
+    recomputed. It runs on a GPU where there is one (default), and a GPU's reference is cached under
+    its own name: its float rounding differs from the CPU's."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     folder = cache_home() / "kmeans"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{key}-k{k}-n{n_init}-{ALGORITHM}.json"
+    path = folder / f"{key}-k{k}-n{n_init}-{ALGORITHM}{'-' + device.type if device.type != 'cpu' else ''}.json"
     with open(folder / f"{path.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second job of the same task waits, then reads
         if (data := read_verified(path)) is not None:
@@ -267,7 +292,7 @@ def cached_kmeans_mse(x: Tensor, k: int, key: str, n_init: int = 3) -> float:
             if (entry.get("k"), entry.get("n"), entry.get("n_init"), entry.get("algorithm")) == (
                     k, x.shape[0], n_init, ALGORITHM):
                 return entry["mse"]
-        _, mse = kmeans(x, k, n_init=n_init)
+        _, mse = kmeans(x, k, n_init=n_init, device=device)
         write_verified(path, json.dumps({"mse": mse, "k": k, "n": x.shape[0], "n_init": n_init,
                                          "algorithm": ALGORITHM}).encode())
         return mse

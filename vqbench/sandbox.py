@@ -342,7 +342,10 @@ def _child_main(conn, env: dict, memory_gb: float, target: Callable, args: tuple
             value = target(*args, emit=lambda message: _send(conn, ["progress", message]))
         _send(conn, ["done", value, tail.text])
     except BaseException as e:  # noqa: BLE001 - anything the target let out is the child's fault
-        _send(conn, ["error", f"{type(e).__name__}: {e}"])
+        try:
+            _send(conn, ["error", f"{type(e).__name__}: {e}"])
+        except BrokenPipeError:  # the supervisor is gone (its driver was stopped): nobody to tell
+            pass
     finally:
         conn.close()
 
