@@ -53,13 +53,26 @@ def iter_results(results_dir: Path) -> Iterator[tuple[Path, dict[str, Any] | Non
         yield path, read_result(path)
 
 
+def why_stale(result: Any, submission_hash: str, task_hash: str) -> str | None:
+    """Why `result` is not a result of exactly this submission code and task spec; None when it is.
+    The one test of currency: the runner's resume, `validate`'s committed results and the
+    leaderboard all ask it."""
+    prov = result.get("provenance") if isinstance(result, dict) else None
+    if not isinstance(prov, dict):
+        return "no provenance"
+    if prov.get("submission_hash") != submission_hash:
+        return "submission code changed"
+    if prov.get("task_hash") != task_hash:
+        return "task spec changed"
+    return None
+
+
 def is_done(path: Path, submission_hash: str, task_hash: str) -> bool:
     """A finished, successful result of exactly this code and task already exists (a file of any
     other shape is not one: the job runs again)."""
     result = read_result(path)
-    prov = result.get("provenance") if isinstance(result, dict) else None
-    return isinstance(prov, dict) and result.get("status") == "ok" and \
-        (prov.get("submission_hash"), prov.get("task_hash")) == (submission_hash, task_hash)
+    return isinstance(result, dict) and result.get("status") == "ok" and \
+        why_stale(result, submission_hash, task_hash) is None
 
 
 def clean_partial_writes(results_dir: Path) -> int:

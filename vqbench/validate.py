@@ -30,7 +30,7 @@ from vqbench.contract import PUBLIC_MODULES
 from vqbench.enforce import JobFailure
 from vqbench.families import get_family
 from vqbench.metrics import METRICS
-from vqbench.results import iter_results, machine_kind
+from vqbench.results import iter_results, machine_kind, why_stale
 from vqbench.sandbox import Guard, protected_folders, run_in_child, tamper_reason
 from vqbench.schema import ConfigError
 from vqbench.submissions import Submission, get_submission
@@ -141,8 +141,7 @@ def current_results(submission: Submission, results_dir: Path, root: Path, task_
         if not result or result.get("status") != "ok":
             continue
         task = registry.get(result.get("task"))
-        prov = result.get("provenance", {})
-        if task is None or (prov.get("submission_hash"), prov.get("task_hash")) != (submission.hash, task.hash):
+        if task is None or why_stale(result, submission.hash, task.hash):
             continue
         if (task_id is None or task.id == task_id) and (seed is None or result.get("seed") == seed):
             found.append((path, task, result["seed"], result))

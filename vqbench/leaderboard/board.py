@@ -16,7 +16,7 @@ from pathlib import Path
 
 from vqbench.families import get_family
 from vqbench.metrics import METRICS
-from vqbench.results import iter_results
+from vqbench.results import iter_results, why_stale
 from vqbench.schema import ConfigError
 from vqbench.submissions import get_submission, list_submissions
 from vqbench.tasks import load_registry, not_applicable
@@ -75,15 +75,13 @@ def collect(results_dir: Path, root: Path | None = None) -> Board:
         if result is None:
             board.unreadable.append(path)
             continue
-        task, prov = board.tasks.get(result.get("task")), result.get("provenance", {})
+        task = board.tasks.get(result.get("task"))
         if result.get("submission") not in subs:
             board.stale.append((path, "submission not registered"))
-        elif prov.get("submission_hash") != subs[result["submission"]].hash:
-            board.stale.append((path, "submission code changed"))
         elif task is None:
             board.stale.append((path, "task no longer in the registry"))
-        elif prov.get("task_hash") != task.hash:
-            board.stale.append((path, "task spec changed"))
+        elif why := why_stale(result, subs[result["submission"]].hash, task.hash):
+            board.stale.append((path, why))
         elif result.get("status") == "ok":
             key = (task.id, result["submission"], result.get("seed"))
             board.ok[key[:2]].append(result)
