@@ -495,6 +495,8 @@ def test_codes_that_do_not_fit_the_eval_batches_are_refused():
     decoded = decode(q, TASK, codes, 16, 1)
     with pytest.raises(JobFailure, match=r"^evaluation: 2 batches of codes for 3 eval batches$"):
         vqbench.stages.evaluate(setup, TASK, {"mse": MeanSquaredError()}, codes[:2], decoded, 16, 1)
+    with pytest.raises(JobFailure, match=r"^evaluation: 4 batches of codes for 3 eval batches$"):
+        vqbench.stages.evaluate(setup, TASK, {"mse": MeanSquaredError()}, codes + codes[:1], decoded, 16, 1)
     with pytest.raises(JobFailure, match=r"^evaluation: the codes sent back do not match the eval batches$"):
         vqbench.stages.evaluate(setup, TASK, {"mse": MeanSquaredError()}, [c.float() for c in codes], decoded, 16, 1)
 

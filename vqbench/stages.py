@@ -192,10 +192,12 @@ def evaluate(setup, task, fidelity: dict, all_codes: list, decoded: dict, size: 
     # normalized by the task's K, not by the size^depth codes the quantizer declares (<= K)
     usage = CodeUsage(size, depth, task.quantizer.codebook_size)
     latent_rank, code_rank, qerr = LatentRank(dim), CodebookRank(dim), QuantizationError(dim)
-    batches = list(eval_batches(setup))
-    if len(batches) != len(all_codes):
-        raise JobFailure(f"evaluation: {len(all_codes)} batches of codes for {len(batches)} eval batches")
-    for batch, batch_codes in zip(batches, all_codes):
+    seen, stream = 0, eval_batches(setup)  # streamed: a full-tier eval set does not fit in memory at once
+    for batch in stream:
+        if seen == len(all_codes):
+            raise JobFailure(f"evaluation: {len(all_codes)} batches of codes for {seen + 1 + sum(1 for _ in stream)} "
+                             "eval batches")
+        batch_codes, seen = all_codes[seen], seen + 1
         z = setup.encoder(batch.x)
         if type(batch_codes) is not Tensor or batch_codes.dtype != torch.int64 or \
                 tuple(batch_codes.shape[:2]) != tuple(z.shape[:2]):
@@ -212,6 +214,8 @@ def evaluate(setup, task, fidelity: dict, all_codes: list, decoded: dict, size: 
                                                 vectors if index is None else None))
             else:
                 fidelity[name].update(x_hat.float(), batch.x)
+    if seen != len(all_codes):
+        raise JobFailure(f"evaluation: {len(all_codes)} batches of codes for {seen} eval batches")
     metrics = dict(usage.compute())
     metrics["codebook_rank"] = code_rank.compute()
     metrics["latent_rank"] = latent_rank.compute()
