@@ -122,7 +122,8 @@ class Image(Family):
                              for x in endless_loader(train_set, batch, seed, data.num_workers))
 
             def eval_batches():
-                loader = torch.utils.data.DataLoader(eval_dataset, batch_size=eval_batch, num_workers=data.num_workers)
+                loader = torch.utils.data.DataLoader(eval_dataset, batch_size=eval_batch, num_workers=data.num_workers,
+                                                     pin_memory=torch.cuda.is_available())
                 return (x.to(device, non_blocking=True) for x in loader)
 
         wants_lpips = "lpips" in task.metrics or model.perceptual_weight > 0
