@@ -316,3 +316,6 @@ def test_task_pages_overlay_code_usage_over_training_from_the_results(project):
         path.write_text(json.dumps(r))
     board = collect(results)
     assert len(board.ok[("synthetic/tiny", "minimal")]) == 2 and usage_plots(board) == {}
+    write_leaderboard(results, project / "leaderboard")  # the page says why there is no curve
+    page = (project / "leaderboard" / "site" / "tasks" / "synthetic_tiny.html").read_text()
+    assert "usage-synthetic_tiny.svg" not in page and "2 result(s) of this task carry no usage curve" in page

@@ -109,6 +109,7 @@ def task_context(board: Board, task, links: Links, plots: dict, usage: dict) -> 
     return {"task": task, "names": names, "rows": rows, "seeds": seeds,
             "plot": {"src": links.plot(plot[0]), "captions": plot[2]} if plot else None,
             "usage": {"src": links.plot(used[0]), "captions": used[2]} if used else None,
+            "usage_missing": sum(not r["train"].get("usage_curve") for s in order for r in board.ok[(task.id, s)]),
             "spec": task.spec(), "family_label": get_family(task.family).label}
 
 
