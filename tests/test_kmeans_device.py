@@ -1,9 +1,10 @@
-"""The k-means reference's GPU path: its search is the CPU's (faiss) search, and on CUDA the whole
-algorithm reaches the CPU's objective and is cached under a name of its own."""
+"""The k-means reference's GPU path: its searches find what the CPU's (faiss) find, and on CUDA the
+whole algorithm reaches the CPU's objective and is cached under a name of its own."""
 import pytest
 import torch
 
-from vqbench.kmeans import _torch_search, cached_kmeans_mse, faiss_search, kmeans
+from vqbench.kmeans import cached_kmeans_mse, faiss_search, kmeans
+from vqbench.ops import _search_torch, nearest_code
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -18,9 +19,10 @@ def test_torch_search_finds_faiss_top_m_in_any_chunking():
     x, c = mixture(700), torch.randn(300, 8)
     want_idx, want_dist = faiss_search(x, c, 4)
     for budget in (300, 300 * 64, 2 ** 26):  # one row a chunk, several chunks, one chunk
-        idx, dist = _torch_search(x, c, 4, budget=budget)
-        assert torch.equal(idx, want_idx)
-        assert torch.allclose(dist, want_dist, rtol=1e-5, atol=1e-5)
+        assert torch.equal(_search_torch(x, c, budget, 4), want_idx)  # the candidates, nearest first
+        idx, dist = nearest_code(x, c, budget, backend="torch")  # the nearest, with its distance
+        assert torch.equal(idx, want_idx[:, 0])
+        assert torch.allclose(dist, want_dist[:, 0], rtol=1e-5, atol=1e-5)
 
 
 @CUDA

@@ -13,7 +13,8 @@ nearest-centre MSE of the final centres. Best of `n_init` restarts.
 
 Nearest-centre search for the reference runs on the CPU with faiss (exact IndexFlatL2, about 5x
 `vqbench.ops.nearest_code` at d = 16), one thread: deterministic given the seed. Where a GPU exists
-the whole algorithm runs there instead (chunked exact searches), cached under its own name. The result is cached on disk by a key covering data, K, restarts and
+the whole algorithm runs there instead, with the harness's chunked searches (`vqbench.ops`), and is
+cached under its own name. The result is cached on disk by a key covering data, K, restarts and
 `ALGORITHM`, under a file lock so parallel jobs compute it once.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 
 from vqbench.cache import read_verified, write_verified
-from vqbench.ops import nearest_code
+from vqbench.ops import TORCH_SEARCH_BUDGET, _search_torch, nearest_code  # the GPU path's searches
 from vqbench.paths import cache_home
 
 # Part of the cache key: bump it whenever kmeans() can return a different number for the same data,
@@ -67,30 +68,21 @@ def faiss_search(x: Tensor, centers: Tensor, m: int = 1) -> tuple[Tensor, Tensor
     return torch.from_numpy(idx).long(), torch.from_numpy(dist).clamp_min(0)
 
 
-def search(x: Tensor, centers: Tensor, m: int = 1) -> tuple[Tensor, Tensor]:
-    """The `m` nearest centres of each row and their squared distances, exact in float32: faiss on
-    the CPU, chunked matrix products on a GPU (where faiss-cpu would leave the GPU idle; at the full
-    tier's 2^20 points and K = 2^18 one search is ~18 TFLOP, hours on one CPU thread)."""
-    return _torch_search(x, centers, m) if x.is_cuda else faiss_search(x, centers, m)
-
-
-def _torch_search(x: Tensor, centers: Tensor, m: int, budget: int = 2 ** 26) -> tuple[Tensor, Tensor]:
-    c_sq = (centers * centers).sum(1)
-    idx = torch.empty(x.shape[0], m, dtype=torch.long, device=x.device)
-    dist = torch.empty(x.shape[0], m, dtype=x.dtype, device=x.device)
-    step = max(1, budget // centers.shape[0])
-    for start in range(0, x.shape[0], step):
-        rows = x[start:start + step]
-        near = torch.addmm(c_sq, rows, centers.T, beta=1, alpha=-2).topk(m, dim=1, largest=False).indices
-        exact = ((rows[:, None, :] - centers[near]) ** 2).sum(-1)  # no |x|^2 - 2x.c + |c|^2 cancellation
-        order = exact.argsort(1)
-        idx[start:start + step], dist[start:start + step] = near.gather(1, order), exact.gather(1, order)
-    return idx, dist
-
-
 def _nearest(x: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
-    idx, dist = search(x, centers)
+    """Each row's nearest centre and squared distance, exact in float32: faiss on the CPU, the
+    harness's chunked search on a GPU (faiss-cpu would leave it idle; at the full tier's 2^20 points
+    and K = 2^18 one search is ~18 TFLOP, hours on one CPU thread)."""
+    if x.is_cuda:
+        return nearest_code(x, centers)
+    idx, dist = faiss_search(x, centers)
     return idx[:, 0], dist[:, 0]
+
+
+def _candidates(x: Tensor, centers: Tensor, m: int) -> Tensor:
+    """The `m` nearest centres of each row (n, m), on the same devices as _nearest."""
+    if x.is_cuda:
+        return _search_torch(x, centers, TORCH_SEARCH_BUDGET["cuda"], m)
+    return faiss_search(x, centers, m)[0]
 
 
 @torch.no_grad()
@@ -198,7 +190,7 @@ def hartigan(x: Tensor, assign: Tensor, k: int, candidates: int = 4, refreshes: 
     for _refresh in range(refreshes + 1):
         # a point's candidates: its nearest centres, exactly (the centres nearest its own centre, a
         # k x k search, are cheaper but reach a 4-7% worse objective: bench notes in docs/performance.md)
-        cand = search(x, (sums / counts.clamp_min(1)[:, None]).float(), min(candidates, k))[0]
+        cand = _candidates(x, (sums / counts.clamp_min(1)[:, None]).float(), min(candidates, k))
         active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         moved_since_refresh = 0
         while True:

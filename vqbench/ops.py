@@ -47,15 +47,17 @@ def _search_faiss(z: Tensor, codebook: Tensor) -> Tensor:
 TORCH_SEARCH_BUDGET = {"cpu": 2 ** 20, "cuda": 2 ** 26}
 
 
-def _search_torch(z: Tensor, codebook: Tensor, budget: int) -> Tensor:
+def _search_torch(z: Tensor, codebook: Tensor, budget: int, m: int = 1) -> Tensor:
     """|z - c|^2 = |z|^2 - 2 z.c + |c|^2 ranked by |c|^2 - 2 z.c, one addmm per chunk of rows into
-    at most `budget` distances, so memory stays bounded at K = 2^18 too (any device, any dtype)."""
+    at most `budget` distances, so memory stays bounded at K = 2^18 too (any device, any dtype).
+    The nearest code of each row (n,), or with m > 1 the m nearest, nearest first (n, m) (the
+    k-means reference's candidate search on a GPU, vqbench.kmeans)."""
     chunk = max(1, budget // codebook.shape[0])
     c_sq = (codebook * codebook).sum(1)
-    idx = torch.empty(z.shape[0], dtype=torch.long, device=z.device)
+    idx = torch.empty(z.shape[0], *((m,) if m > 1 else ()), dtype=torch.long, device=z.device)
     for start in range(0, z.shape[0], chunk):
         d = torch.addmm(c_sq, z[start:start + chunk], codebook.T, beta=1, alpha=-2)
-        idx[start:start + chunk] = d.argmin(1)
+        idx[start:start + chunk] = d.argmin(1) if m == 1 else d.topk(m, dim=1, largest=False).indices
     return idx
 
 
