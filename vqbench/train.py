@@ -111,13 +111,12 @@ def train(setup: Setup, quantizer: Quantizer, task, on_step: Callable[[int], Non
             z = setup.encoder(x)
             out = check_output(quantizer(z), z, f"training step {step}", quantizer.codebook_size, quantizer.depth,
                                check_range=False)  # StepChecks reads the range
-        if space <= USAGE_MAX_CODES:
-            # clamped: on CUDA the range is read later, and an index past the end is a device-side assert
-            codes = out.codes.detach().clamp(0, quantizer.codebook_size - 1)
-            index = code_index(codes, quantizer.codebook_size, quantizer.depth).flatten()
-            counts = torch.zeros(space, dtype=torch.long, device=index.device) if counts is None else counts
-            counts.index_add_(0, index, torch.ones_like(index))  # no K-long temporary per step (K up to 2^24)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            if space <= USAGE_MAX_CODES:  # integer work: autocast leaves it alone
+                # clamped: on CUDA the range is read later, and an index past the end is a device-side assert
+                codes = out.codes.detach().clamp(0, quantizer.codebook_size - 1)
+                index = code_index(codes, quantizer.codebook_size, quantizer.depth).flatten()
+                counts = torch.zeros(space, dtype=torch.long, device=index.device) if counts is None else counts
+                counts.index_add_(0, index, torch.ones_like(index))  # no K-long temporary per step (K up to 2^24)
             x_hat = setup.decoder(out.z_q)
             recon = setup.reconstruction_loss(x_hat.float(), x)
             loss = recon + out.loss
