@@ -108,12 +108,12 @@ def time_variant(variant: str, submission, task, steps: int, warmup: int, device
     quantizer.to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     short = dataclasses.replace(task, train=dataclasses.replace(task.train, steps=warmup))
-    train_module.train(setup, quantizer, short)  # warm-up: allocator, cuBLAS handles, prefetch thread
+    train_module.train(setup, [quantizer], short)  # warm-up: allocator, cuBLAS handles, prefetch thread
     timed = dataclasses.replace(task, train=dataclasses.replace(task.train, steps=steps))
     sync()
     with BusySampler() as sampler:
         start = time.perf_counter()
-        log = train_module.train(setup, quantizer, timed)
+        log = train_module.train(setup, [quantizer], timed)
         sync()
         elapsed = time.perf_counter() - start
     return steps / elapsed, sampler.busy, log["final_reconstruction_loss"]

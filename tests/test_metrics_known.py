@@ -250,15 +250,16 @@ def test_implicit_codebook_through_the_evaluation():
     identity = torch.nn.Identity()
     setup = Setup(encoder=identity, decoder=identity, train_batches=iter(()), eval_batches=lambda: iter(z),
                   reconstruction_loss=torch.nn.functional.mse_loss)
-    task = SimpleNamespace(quantizer=SimpleNamespace(dim=3, codebook_size=4096), metrics=())
+    task = SimpleNamespace(quantizer=SimpleNamespace(dim=3, codebook_size=4096, level_sizes=[4096]), metrics=())
     q = FSQLike(3, 4096).eval()
     size, depth = check_rate(q, 4096)
-    codes = encode(setup, q, task, size, depth)
-    metrics, _ = evaluate(setup, task, {}, codes, decode(q, task, codes, size, depth), size, depth)
+    codes = encode(setup, [q], task, [(size, depth)])
+    decoded = decode(q, 4096, 3, [c for c, in codes], size, depth)
+    metrics, _, _ = evaluate(setup, task, {}, codes, [decoded], [(size, depth)])
     assert (size, depth) == (1000, 1)
     assert {k: metrics[k] for k in ("utilization", "emitted_codes", "dead_codes", "perplexity_ratio")} == approx(
         {"utilization": 1000 / 4096, "emitted_codes": 1000.0, "dead_codes": 3096.0, "perplexity_ratio": 1000 / 4096})
-    flat, decoded = z.reshape(-1, 3).double().numpy(), q.decode(torch.cat(codes).reshape(-1)).double().numpy()
+    flat, decoded = z.reshape(-1, 3).double().numpy(), q.decode(torch.cat([c for c, in codes]).reshape(-1)).double().numpy()
     assert metrics["codebook_rank"] == approx(numpy_effective_rank(decoded), rel=1e-6)
     assert metrics["quantization_error"] == approx(numpy_affine_error(flat, decoded), rel=1e-6)
     assert metrics["quantization_error"] < 0.01  # the cells are 1 wide, the noise 0.5: what is lost is small

@@ -96,7 +96,7 @@ def test_harness_train_loop_drives_the_schedule():
     class Task:
         train = TrainSpec(steps=steps, batch_size=8)
 
-    log = dict((step, m["hardness"]) for step, m in train(setup, q, Task)["quantizer_log"])
+    log = dict((step, m["hardness"]) for step, m in train(setup, [q], Task)["quantizer_log"])
     assert log[0] == 0.0
     assert 0 < log[10] < 1 and log[10] == pytest.approx((1 - math.cos(math.pi * 10 / 20)) / 2)
     assert all(log[s] == 1.0 for s in log if s >= steps // 2)

@@ -17,16 +17,16 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def late_checks() -> StepChecks:
-    checks = StepChecks(torch.device("cpu"), codebook_size=8)
+    checks = StepChecks(torch.device("cpu"), [8])
     checks.every_step = False  # what CUDA does: keep the evidence, read it at flush()
     return checks
 
 
 def test_late_checks_name_the_first_bad_step_and_nothing_before_flush():
     checks, fine = late_checks(), torch.tensor(0.5)
-    checks.add(0, torch.tensor([[0, 7]]), fine, 0.0, fine)
-    checks.add(1, torch.tensor([[3, 9]]), fine, 0.0, fine)  # code 9 of 8
-    checks.add(2, torch.tensor([[-1, 2]]), fine, 0.0, fine)
+    checks.add(0, [torch.tensor([[0, 7]])], fine, 0.0, fine)
+    checks.add(1, [torch.tensor([[3, 9]])], fine, 0.0, fine)  # code 9 of 8
+    checks.add(2, [torch.tensor([[-1, 2]])], fine, 0.0, fine)
     with pytest.raises(JobFailure, match=r"^training step 1: codes outside \[0, 8\): min 3, max 9$"):
         checks.flush()
     assert checks.pending == []
@@ -34,16 +34,25 @@ def test_late_checks_name_the_first_bad_step_and_nothing_before_flush():
 
 def test_late_checks_report_a_non_finite_loss_with_its_parts():
     checks, nan = late_checks(), torch.tensor(float("nan"))
-    checks.add(0, torch.tensor([[1]]), torch.tensor(0.5), torch.tensor(0.25), torch.tensor(0.75))
-    checks.add(4, torch.tensor([[1]]), nan, torch.tensor(0.25), nan)
+    checks.add(0, [torch.tensor([[1]])], torch.tensor(0.5), torch.tensor(0.25), torch.tensor(0.75))
+    checks.add(4, [torch.tensor([[1]])], nan, torch.tensor(0.25), nan)
     with pytest.raises(JobFailure, match=r"^non-finite loss at training step 4: reconstruction nan, quantizer loss 0.25$"):
         checks.flush()
 
 
+def test_late_checks_name_the_level_of_a_hierarchical_model():
+    checks, fine = StepChecks(torch.device("cpu"), [4, 8]), torch.tensor(0.5)
+    checks.every_step = False
+    checks.add(0, [torch.tensor([[3]]), torch.tensor([[7]])], fine, 0.0, fine)  # each level within its own K
+    checks.add(1, [torch.tensor([[3]]), torch.tensor([[8]])], fine, 0.0, fine)  # the second level's K is 8
+    with pytest.raises(JobFailure, match=r"^training step 1, level 1: codes outside \[0, 8\): min 8, max 8$"):
+        checks.flush()
+
+
 def test_cpu_checks_fail_at_the_step_itself():
-    checks = StepChecks(torch.device("cpu"), codebook_size=4)
+    checks = StepChecks(torch.device("cpu"), [4])
     with pytest.raises(JobFailure, match="training step 3: codes outside"):
-        checks.add(3, torch.tensor([[4]]), torch.tensor(0.1), 0.0, torch.tensor(0.1))
+        checks.add(3, [torch.tensor([[4]])], torch.tensor(0.1), 0.0, torch.tensor(0.1))
 
 
 def test_usage_logs_stay_tensors_until_the_loop_reads_them():
@@ -102,5 +111,5 @@ def test_a_code_space_too_large_to_count_still_trains(monkeypatch):
     class Task:
         train = TrainSpec(steps=10, batch_size=2)
 
-    log = train(setup, Identity(), Task)
+    log = train(setup, [Identity()], Task)
     assert log["usage_curve"] == [] and len(log["loss_curve"]) == 10

@@ -49,7 +49,7 @@ def test_usage_curve_shows_when_codes_collapse(depth):
     class Task:
         train = TrainSpec(steps=steps, batch_size=8)
 
-    log = train(setup, Scripted(depth=depth, collapse_at=steps // 2), Task)
+    log = train(setup, [Scripted(depth=depth, collapse_at=steps // 2)], Task)
     curve = log["usage_curve"]
     assert [row[0] for row in curve] == [row[0] for row in log["loss_curve"]]  # the loss curve's steps
     assert len(curve) <= CURVE_POINTS + 1

@@ -408,7 +408,7 @@ def test_every_contract_check_has_a_failing_fixture():
 
 # ---------------------------------------------------------------------------- the evaluation
 
-TASK = SimpleNamespace(quantizer=SimpleNamespace(dim=DIM, codebook_size=K), metrics=("mse",),
+TASK = SimpleNamespace(quantizer=SimpleNamespace(dim=DIM, codebook_size=K, level_sizes=[K]), metrics=("mse",),
                        train=SimpleNamespace(steps=3, optimizer="adam", lr=1e-2, weight_decay=0.0, amp=False,
                                              grad_clip=None))
 
@@ -430,7 +430,7 @@ def tiny_setup() -> Setup:
 def trained(cls: type) -> tuple[Setup, Quantizer]:
     setup, q = tiny_setup(), build(cls)(0)
     q.declared = check_rate(q, K)  # what stage 1 reads back before training
-    train(setup, q, TASK)
+    train(setup, [q], TASK)
     return setup, q
 
 
@@ -439,12 +439,17 @@ def evaluate(setup: Setup, q: Quantizer, task=TASK, fidelity=None):
     fresh one that loaded its state and never ran forward() (stage 2), score (stage 3)."""
     size, depth = getattr(q, "declared", None) or check_rate(q, K)
     q.eval()
-    codes = encode(setup, q, task, size, depth)
+    codes = encode(setup, [q], task, [(size, depth)])
     fresh = build(type(q))(0)
     fresh.load_state_dict(from_bytes(to_bytes(q.state_dict()), "the quantizer's state_dict"))
     fresh.eval()
-    decoded = decode(fresh, task, codes, size, depth)
-    return vqbench.stages.evaluate(setup, task, fidelity or {"mse": MeanSquaredError()}, codes, decoded, size, depth)
+    decoded = decode(fresh, K, DIM, [c for c, in codes], size, depth)
+    return score_one_level(setup, task, fidelity or {"mse": MeanSquaredError()}, codes, decoded, size, depth)
+
+
+def score_one_level(setup, task, fidelity, codes, decoded, size, depth):
+    """Stage 3's evaluation of a one-level job: (metrics, unavailable)."""
+    return vqbench.stages.evaluate(setup, task, fidelity, codes, [decoded], [(size, depth)])[:2]
 
 
 EVALUATION_CASES = [
@@ -491,14 +496,17 @@ def test_a_state_that_is_not_plain_tensors_is_refused():
 def test_codes_that_do_not_fit_the_eval_batches_are_refused():
     setup, q = trained(GoodVQ)
     q.eval()
-    codes = encode(setup, q, TASK, 16, 1)
-    decoded = decode(q, TASK, codes, 16, 1)
+    codes = encode(setup, [q], TASK, [(16, 1)])
+    decoded = decode(q, K, DIM, [c for c, in codes], 16, 1)
     with pytest.raises(JobFailure, match=r"^evaluation: 2 batches of codes for 3 eval batches$"):
-        vqbench.stages.evaluate(setup, TASK, {"mse": MeanSquaredError()}, codes[:2], decoded, 16, 1)
+        score_one_level(setup, TASK, {"mse": MeanSquaredError()}, codes[:2], decoded, 16, 1)
     with pytest.raises(JobFailure, match=r"^evaluation: 4 batches of codes for 3 eval batches$"):
-        vqbench.stages.evaluate(setup, TASK, {"mse": MeanSquaredError()}, codes + codes[:1], decoded, 16, 1)
+        score_one_level(setup, TASK, {"mse": MeanSquaredError()}, codes + codes[:1], decoded, 16, 1)
     with pytest.raises(JobFailure, match=r"^evaluation: the codes sent back do not match the eval batches$"):
-        vqbench.stages.evaluate(setup, TASK, {"mse": MeanSquaredError()}, [c.float() for c in codes], decoded, 16, 1)
+        score_one_level(setup, TASK, {"mse": MeanSquaredError()}, [[c.float()] for c, in codes], decoded, 16, 1)
+    with pytest.raises(JobFailure, match=r"^evaluation: the codes or decoded vectors sent back are not one entry per "
+                                         r"level$"):
+        vqbench.stages.evaluate(setup, TASK, {"mse": MeanSquaredError()}, codes, [decoded, decoded], [(16, 1)])
 
 
 class NaNMetric(MeanSquaredError):
@@ -542,13 +550,13 @@ class NaNLossAtStep1(GoodVQ):
 
 def test_training_refuses_a_non_finite_loss():
     with pytest.raises(JobFailure) as e:
-        train(tiny_setup(), build(NaNLossAtStep1)(0), TASK)
+        train(tiny_setup(), [build(NaNLossAtStep1)(0)], TASK)
     assert_reason(str(e.value), "non-finite loss at training step 1: reconstruction nan, quantizer loss nan")
 
 
 def test_training_checks_every_step_output():
     with pytest.raises(JobFailure) as e:
-        train(tiny_setup(), build(FloatCodes)(0), TASK)
+        train(tiny_setup(), [build(FloatCodes)(0)], TASK)
     assert str(e.value) == "training step 0: codes must be an int64 tensor, got torch.float32"
 
 
@@ -556,7 +564,8 @@ def reasons_asserted() -> list[str]:
     return [case.reason for case in CONTRACT_CASES + EVALUATION_CASES] + [
         "non-finite metrics at evaluation: mse", "non-finite loss at training step 1: reconstruction nan",
         "the quantizer's state_dict is not plain tensor data (", "evaluation: 2 batches of codes for 3 eval batches",
-        "evaluation: the codes sent back do not match the eval batches"]
+        "evaluation: the codes sent back do not match the eval batches",
+        "evaluation: the codes or decoded vectors sent back are not one entry per level"]
 
 
 def test_every_refusal_in_train_py_has_a_failing_fixture():

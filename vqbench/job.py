@@ -57,7 +57,9 @@ def _problem(stage, value: Any, task) -> str | None:
     if value.get("error") is not None:
         return _error_problem(value)
     if stage is train_and_encode:
-        if not (type(value.get("codebook_size")) is int and type(value.get("depth")) is int
+        rates = value.get("rates")
+        if not (type(rates) is list and len(rates) == len(task.quantizer.level_sizes)
+                and all(type(r) is list and len(r) == 2 and all(type(v) is int for v in r) for r in rates)
                 and isinstance(value.get("train"), dict) and isinstance(value.get("phases"), dict)
                 and isinstance(value.get("device"), str) and len(value["device"]) <= 20):
             return "not a training report"
@@ -69,6 +71,10 @@ def _problem(stage, value: Any, task) -> str | None:
             return "its metrics are not finite numbers"
         if unknown := sorted(str(k)[:40] for k in metrics if k not in METRICS):
             return f"it reports unregistered metrics ({', '.join(unknown[:5])})"
+        levels = value.get("levels")
+        if not (type(levels) is list and len(levels) == len(task.quantizer.level_sizes)
+                and all(type(v) is dict and type(v.get("tokens_per_item")) is int for v in levels)):
+            return "not one entry per level"
     return None
 
 
@@ -116,12 +122,12 @@ def run_contained(submission: Submission, task, seed: int, root: Path, executor:
         get_family(task.family).prepare(task)
         phases["prepare"] = time.monotonic() - start
         trained, blobs = stage(train_and_encode, (submission, task, seed), on_progress)
-        size, depth = trained["codebook_size"], trained["depth"]
+        rates = trained["rates"]
         snapshot = from_bytes(blobs["snapshot"], "the snapshot")
         weights = to_bytes({"encoder": snapshot["encoder"], "decoder": snapshot["decoder"]})
-        _, decoded = stage(decode_codes, (submission, task, seed, to_bytes(snapshot["quantizer"]), blobs["codes"],
-                                          size, depth))
-        scored, _ = stage(score, (task, seed, weights, blobs["codes"], decoded["decoded"], size, depth))
+        _, decoded = stage(decode_codes, (submission, task, seed, to_bytes(snapshot["quantizers"]), blobs["codes"],
+                                          rates))
+        scored, _ = stage(score, (task, seed, weights, blobs["codes"], decoded["decoded"], rates))
     except StageFailed as failed:
         failed.result["provenance"].update(phases=_rounded(phases), confinement=_confinement(confinement))
         return failed.result
@@ -131,8 +137,10 @@ def run_contained(submission: Submission, task, seed: int, root: Path, executor:
     except Exception as e:  # a snapshot that is not plain tensors
         return failed_result(submission, task, seed, root, f"bad result from the job's process: {e}", "BadResult",
                              executor, time.monotonic() - start)
-    result = {**base, "status": "ok", "metrics": scored["metrics"], "bits_per_token": bits_per_token(size, depth),
+    result = {**base, "status": "ok", "metrics": scored["metrics"], "bits_per_token": rate(rates, scored["levels"]),
               "error": None, "train": trained["train"]}
+    if len(rates) > 1:
+        result["levels"] = level_report(task, rates, scored["levels"])
     if scored["unavailable"]:
         result["metrics_unavailable"] = scored["unavailable"]
     phases.update({k: float(v) for k, v in {**trained["phases"], **scored["phases"]}.items()})
@@ -141,6 +149,23 @@ def run_contained(submission: Submission, task, seed: int, root: Path, executor:
                                       executor, submission.package_versions())
     result["provenance"].update(phases=_rounded(phases), confinement=_confinement(confinement))
     return result
+
+
+def rate(rates: list, levels: list[dict]) -> float:
+    """Bits per token; with several levels, per token of the last (finest) level's grid: every level's
+    bits per item over the finest level's tokens per item, so a hierarchical model and a single-level
+    one on that grid spend the same bits per item exactly when they show the same number."""
+    if len(rates) == 1:
+        return bits_per_token(*rates[0])
+    bits = sum(bits_per_token(*r) * level["tokens_per_item"] for r, level in zip(rates, levels))
+    return bits / levels[-1]["tokens_per_item"]
+
+
+def level_report(task, rates: list, levels: list[dict]) -> list[dict]:
+    """Per level of a hierarchical model: its K, what its quantizer declared, its rate and code usage."""
+    return [{"level": i, "k": k, "codebook_size": size, "depth": depth, "bits_per_token": bits_per_token(size, depth),
+             **{key: float(v) if key != "tokens_per_item" else int(v) for key, v in level.items()}}
+            for i, (k, (size, depth), level) in enumerate(zip(task.quantizer.level_sizes, rates, levels))]
 
 
 def _confinement(reports: list[str]) -> str:

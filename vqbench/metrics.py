@@ -158,17 +158,29 @@ class CodeUsage(Metric):
         self.counts += torch.bincount(codes.flatten(), minlength=self.num_symbols)
 
     def compute(self) -> dict[str, float]:
-        counts = self.counts.double()
-        p = counts[counts > 0] / counts.sum()
-        perplexity = float(torch.exp(-(p * p.log()).sum()))
-        used = int((self.counts > 0).sum())
-        return {
-            "utilization": used / self.k,
-            "emitted_codes": float(self.num_symbols),
-            "perplexity": perplexity,
-            "perplexity_ratio": perplexity / self.k,
-            "dead_codes": float(self.k - used),
-        }
+        return _usage(self.counts, self.k, self.num_symbols)
+
+    @staticmethod
+    def combined(usages: list[CodeUsage]) -> dict[str, float]:
+        """The usage of several levels' codebooks as one: their entries side by side (K = the sum of
+        the levels' K), every token of every level counted once. One level: its own compute()."""
+        if len(usages) == 1:
+            return usages[0].compute()
+        return _usage(torch.cat([u.counts for u in usages]), sum(u.k for u in usages),
+                      sum(u.num_symbols for u in usages))
+
+
+def _usage(counts: Tensor, k: int, emitted: int) -> dict[str, float]:
+    p = counts[counts > 0].double() / counts.sum()
+    perplexity = float(torch.exp(-(p * p.log()).sum()))
+    used = int((counts > 0).sum())
+    return {
+        "utilization": used / k,
+        "emitted_codes": float(emitted),
+        "perplexity": perplexity,
+        "perplexity_ratio": perplexity / k,
+        "dead_codes": float(k - used),
+    }
 
 
 class LatentRank(Metric):

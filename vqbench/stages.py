@@ -31,7 +31,7 @@ from vqbench.metrics import (METRICS, CodebookRank, CodeUsage, LatentRank, Metri
 from vqbench.ops import code_index
 from vqbench.sandbox import is_out_of_memory, memory_limit_gb, send_blob
 from vqbench.schema import ConfigError
-from vqbench.train import seed_everything, train
+from vqbench.train import level_name, seed_everything, train
 
 TABLE_LIMIT = 1 << 20  # code tuples: up to this many, stage 2 decodes them all (the table)
 PROGRESS_UPDATES = 100  # step reports per job
@@ -79,41 +79,65 @@ def eval_batches(setup):
 
 # ------------------------------------------------------------------ 1. train, snapshot, encode
 
+def build_levels(submission, task, where: str = "") -> tuple[list, list[tuple[int, int]]]:
+    """One instance of the submitted quantizer per level of the task (one, unless quantizer.levels),
+    built in level order, and the (codebook_size, depth) each declares, checked against its K."""
+    quantizers, rates = [], []
+    for level, k in enumerate(task.quantizer.level_sizes):
+        quantizers.append(submission.build(task.quantizer.dim, k))
+        label = f"{where}level {level}: " if len(task.quantizer.level_sizes) > 1 else where
+        rates.append(check_rate(quantizers[-1], k, label))
+    return quantizers, rates
+
+
 @torch.no_grad()
-def encode(setup, quantizer, task, size: int, depth: int) -> list[Tensor]:
-    """The eval set's codes, one tensor per eval batch, from the trained quantizer in eval mode."""
-    if check_rate(quantizer, task.quantizer.codebook_size, "evaluation: ") != (size, depth):
-        raise JobFailure(f"evaluation: codebook_size/depth change with eval(): {(size, depth)} -> "
-                         f"{(quantizer.codebook_size, quantizer.depth)}")
+def encode(setup, quantizers, task, rates: list[tuple[int, int]]) -> list[list[Tensor]]:
+    """The eval set's codes from the trained quantizers in eval mode: per eval batch, one tensor per level."""
+    for level, (q, k) in enumerate(zip(quantizers, task.quantizer.level_sizes)):
+        if check_rate(q, k, "evaluation: ") != tuple(rates[level]):
+            raise JobFailure(f"evaluation: codebook_size/depth change with eval(): {tuple(rates[level])} -> "
+                             f"{(q.codebook_size, q.depth)}")
     codes = []
     for batch in eval_batches(setup):
-        z = setup.encoder(batch.x)
-        codes.append(check_output(quantizer(z), z, "evaluation", size, depth).codes.cpu())
+        emitted = []
+
+        def quantize(level: int, z: Tensor) -> Tensor:
+            size, depth = rates[level]
+            out = check_output(quantizers[level](z), z, f"evaluation{level_name(level, len(rates))}", size, depth)
+            emitted.append(out.codes.cpu())
+            return out.z_q
+
+        setup.encode(batch.x, quantize)
+        codes.append(emitted)
     return codes
 
 
 def train_and_encode(submission, task, seed: int, emit) -> dict:
-    """Stage 1. Returns {"train", "codebook_size", "depth", "phases", "device"} or {"error"}; sends the blobs
-    "snapshot" ({quantizer, encoder, decoder} state dicts) and then "codes" (one tensor per batch)."""
+    """Stage 1. Returns {"train", "rates": [[codebook_size, depth] per level], "phases", "device"} or
+    {"error"}; sends the blobs "snapshot" ({quantizers: [state dict per level], encoder, decoder}) and
+    then "codes" (per eval batch, one tensor per level)."""
     phases, clock = {}, time.perf_counter()
     try:
         seed_everything(seed)
-        quantizer = submission.build(task.quantizer.dim, task.quantizer.codebook_size)
-        size, depth = check_rate(quantizer, task.quantizer.codebook_size)
+        quantizers, rates = build_levels(submission, task)
         device = pick_device()
         setup = get_family(task.family).build(task, seed, device)
-        quantizer.to(device)
+        if setup.levels != len(quantizers):
+            raise RuntimeError(f"the {task.family} family built a model of {setup.levels} level(s) for a task of "
+                               f"{len(quantizers)}")
+        for q in quantizers:
+            q.to(device)
         phases["setup"], clock = time.perf_counter() - clock, time.perf_counter()
         every = max(1, task.train.steps // PROGRESS_UPDATES)
-        log = train(setup, quantizer, task, on_step=lambda s: emit(s + 1) if (s + 1) % every == 0 else None)
-        for m in (setup.encoder, setup.decoder, quantizer):
+        log = train(setup, quantizers, task, on_step=lambda s: emit(s + 1) if (s + 1) % every == 0 else None)
+        for m in (setup.encoder, setup.decoder, *quantizers):
             m.eval()
-        send_blob("snapshot", to_bytes({"quantizer": quantizer.state_dict(), "encoder": setup.encoder.state_dict(),
-                                        "decoder": setup.decoder.state_dict()}))
+        send_blob("snapshot", to_bytes({"quantizers": [q.state_dict() for q in quantizers],
+                                        "encoder": setup.encoder.state_dict(), "decoder": setup.decoder.state_dict()}))
         phases["train"], clock = time.perf_counter() - clock, time.perf_counter()
-        send_blob("codes", to_bytes(encode(setup, quantizer, task, size, depth)))
+        send_blob("codes", to_bytes(encode(setup, quantizers, task, rates)))
         phases["encode"] = time.perf_counter() - clock
-        return {"train": log, "codebook_size": size, "depth": depth, "phases": phases, "device": str(device)}
+        return {"train": log, "rates": [list(r) for r in rates], "phases": phases, "device": str(device)}
     except Exception as e:  # the submission's fault (or bad data): a failed result, never a crash
         return {"error": failure(e, task)}
 
@@ -121,31 +145,37 @@ def train_and_encode(submission, task, seed: int, emit) -> dict:
 # ------------------------------------------------------------------ 2. decode from the snapshot
 
 @torch.no_grad()
-def decode(quantizer, task, codes: list[Tensor], size: int, depth: int) -> dict:
+def decode(quantizer, k: int, dim: int, codes: list[Tensor], size: int, depth: int, where: str = "") -> dict:
     """{"index": None (the full table) or the sorted joint codes decoded, "vectors": their vectors},
-    from a quantizer that loaded the trained state."""
-    if check_rate(quantizer, task.quantizer.codebook_size, "decoding: ") != (size, depth):
-        raise JobFailure(f"decoding: a quantizer loaded from its trained state declares codebook_size/depth "
+    from a quantizer that loaded the trained state; `codes` are its level's codes of the eval pass."""
+    if check_rate(quantizer, k, f"decoding: {where}") != (size, depth):
+        raise JobFailure(f"decoding: {where}a quantizer loaded from its trained state declares codebook_size/depth "
                          f"{(quantizer.codebook_size, quantizer.depth)}, training declared {(size, depth)}")
     device = next((t.device for t in (*quantizer.parameters(), *quantizer.buffers())), torch.device("cpu"))
     if size ** depth <= TABLE_LIMIT:
-        index, vectors = None, decode_table(quantizer, size, depth, task.quantizer.dim, device)
+        index, vectors = None, decode_table(quantizer, size, depth, dim, device)
     else:  # too many tuples for a table: the ones the eval pass emitted, each decoded twice
         index = torch.unique(torch.cat([code_index(c, size, depth).flatten() for c in codes]))
-        vectors = decode_tuples(quantizer, index.to(device), size, depth, task.quantizer.dim)
+        vectors = decode_tuples(quantizer, index.to(device), size, depth, dim)
     return {"index": index, "vectors": vectors.cpu()}
 
 
-def decode_codes(submission, task, seed: int, quantizer_state: bytes, codes: bytes, size: int, depth: int,
-                 emit) -> dict:
-    """Stage 2. Sends "decoded": {"index": the joint code of each row or None (the full table),
-    "vectors": (n, dim)}. Returns {} or {"error"}."""
+def decode_codes(submission, task, seed: int, quantizer_states: bytes, codes: bytes, rates: list, emit) -> dict:
+    """Stage 2. Sends "decoded": per level {"index": the joint code of each row or None (the full
+    table), "vectors": (n, dim)}. Returns {} or {"error"}."""
     try:
         seed_everything(seed)
-        quantizer = submission.build(task.quantizer.dim, task.quantizer.codebook_size)
-        quantizer.load_state_dict(from_bytes(quantizer_state, "the quantizer's state_dict"))
-        quantizer.to(pick_device()).eval()
-        send_blob("decoded", to_bytes(decode(quantizer, task, from_bytes(codes, "codes"), size, depth)))
+        quantizers, _ = build_levels(submission, task, "decoding: ")
+        states = from_bytes(quantizer_states, "the quantizers' state_dicts")
+        all_codes = from_bytes(codes, "codes")
+        decoded = []
+        for level, (q, state, k) in enumerate(zip(quantizers, states, task.quantizer.level_sizes)):
+            q.load_state_dict(state)
+            q.to(pick_device()).eval()
+            size, depth = rates[level]
+            decoded.append(decode(q, k, task.quantizer.dim, [batch[level] for batch in all_codes], size, depth,
+                                  f"level {level}: " if len(rates) > 1 else ""))
+        send_blob("decoded", to_bytes(decoded))
         return {}
     except Exception as e:
         return {"error": failure(e, task)}
@@ -161,8 +191,9 @@ def lookup(codes: Tensor, index: Tensor | None, vectors: Tensor, size: int, dept
 
 
 @torch.no_grad()
-def score(task, seed: int, weights: bytes, codes: bytes, decoded: bytes, size: int, depth: int, emit) -> dict:
-    """Stage 3, in a process that never imported the submission: {"metrics", "unavailable", "phases"}."""
+def score(task, seed: int, weights: bytes, codes: bytes, decoded: bytes, rates: list, emit) -> dict:
+    """Stage 3, in a process that never imported the submission: {"metrics", "unavailable", "levels",
+    "phases"}; "levels" has each level's tokens per item and, for a hierarchical model, its code usage."""
     try:
         clock = time.perf_counter()
         device = pick_device()
@@ -173,54 +204,68 @@ def score(task, seed: int, weights: bytes, codes: bytes, decoded: bytes, size: i
         setup.decoder.load_state_dict(state["decoder"])
         fidelity = build_metrics(task.metrics, MetricContext(task, device, setup.metric_context))
         reference_s, clock = time.perf_counter() - clock, time.perf_counter()
-        metrics, unavailable = evaluate(setup, task, fidelity, all_codes, out, size, depth)
-        return {"metrics": metrics, "unavailable": unavailable,
+        metrics, unavailable, levels = evaluate(setup, task, fidelity, all_codes, out, [tuple(r) for r in rates])
+        return {"metrics": metrics, "unavailable": unavailable, "levels": levels,
                 "phases": {"reference": reference_s, "metrics": time.perf_counter() - clock}}
     except Exception as e:
         return {"error": failure(e, task)}
 
 
 @torch.no_grad()
-def evaluate(setup, task, fidelity: dict, all_codes: list, decoded: dict, size: int, depth: int
-             ) -> tuple[dict, dict]:
+def evaluate(setup, task, fidelity: dict, all_codes: list, decoded: list[dict], rates: list[tuple[int, int]]
+             ) -> tuple[dict, dict, list[dict]]:
     """Every metric of the eval set, reconstructed from the decoded vectors of its codes: the
-    metrics, and {metric: reason} for those that could not be computed."""
+    metrics, {metric: reason} for those that could not be computed, and per level its tokens per item
+    (and, with several levels, its own code usage). With several levels the code metrics count the
+    codebook entries of all levels together (utilization = used entries / the sum of the levels' K)."""
     for module in (setup.encoder, setup.decoder):
         module.eval()
-    index, vectors = decoded["index"], decoded["vectors"]
-    dim = task.quantizer.dim
+    levels, dim = len(rates), task.quantizer.dim
+    if not (type(all_codes) is list and type(decoded) is list and len(decoded) == levels):
+        raise JobFailure("evaluation: the codes or decoded vectors sent back are not one entry per level")
     # normalized by the task's K, not by the size^depth codes the quantizer declares (<= K)
-    usage = CodeUsage(size, depth, task.quantizer.codebook_size)
+    usages = [CodeUsage(size, depth, k) for (size, depth), k in zip(rates, task.quantizer.level_sizes)]
     latent_rank, code_rank, qerr = LatentRank(dim), CodebookRank(dim), QuantizationError(dim)
+    tokens: list[int] = [0] * levels
     seen, stream = 0, eval_batches(setup)  # streamed: a full-tier eval set does not fit in memory at once
     for batch in stream:
         if seen == len(all_codes):
             raise JobFailure(f"evaluation: {len(all_codes)} batches of codes for {seen + 1 + sum(1 for _ in stream)} "
                              "eval batches")
         batch_codes, seen = all_codes[seen], seen + 1
-        z = setup.encoder(batch.x)
-        if type(batch_codes) is not Tensor or batch_codes.dtype != torch.int64 or \
-                tuple(batch_codes.shape[:2]) != tuple(z.shape[:2]):
+        if type(batch_codes) is not list or len(batch_codes) != levels:
             raise JobFailure("evaluation: the codes sent back do not match the eval batches")
-        z_hat = lookup(batch_codes.to(vectors.device), index, vectors, size, depth).to(z.device)
-        x_hat = setup.decoder(z_hat.to(z.dtype))
-        usage.update(batch_codes)
-        latent_rank.update(z.float().cpu())
-        code_rank.update(z_hat.float().cpu())  # the used code vectors, each as often as it is used
-        qerr.update(z.float().cpu(), z_hat.float().cpu())
+
+        def quantize(level: int, z: Tensor) -> Tensor:
+            codes = batch_codes[level]
+            if type(codes) is not Tensor or codes.dtype != torch.int64 or tuple(codes.shape[:2]) != tuple(z.shape[:2]):
+                raise JobFailure("evaluation: the codes sent back do not match the eval batches")
+            index, vectors = decoded[level]["index"], decoded[level]["vectors"]
+            return lookup(codes.to(vectors.device), index, vectors, *rates[level]).to(z.device).to(z.dtype)
+
+        latents, quantized = setup.encode(batch.x, quantize)
+        x_hat = setup.decode(quantized)
+        for level, (z, z_hat) in enumerate(zip(latents, quantized)):
+            usages[level].update(batch_codes[level])
+            tokens[level] = max(tokens[level], z.shape[1])
+            latent_rank.update(z.float().cpu())
+            code_rank.update(z_hat.float().cpu())  # the used code vectors, each as often as it is used
+            qerr.update(z.float().cpu(), z_hat.float().cpu())
+        last = decoded[-1]
         for name in task.metrics:  # only what the task asks for: rFID is not free
             if METRICS[name].inputs == "eval":
-                fidelity[name].update(EvalBatch(batch, x_hat.float(), z, z_hat, batch_codes,
-                                                vectors if index is None else None))
+                fidelity[name].update(EvalBatch(batch, x_hat.float(), latents[-1], quantized[-1], batch_codes[-1],
+                                                last["vectors"] if last["index"] is None else None))
             else:
                 fidelity[name].update(x_hat.float(), batch.x)
     if seen != len(all_codes):
         raise JobFailure(f"evaluation: {len(all_codes)} batches of codes for {seen} eval batches")
-    metrics = dict(usage.compute())
+    metrics = dict(CodeUsage.combined(usages))
     metrics["codebook_rank"] = code_rank.compute()
     metrics["latent_rank"] = latent_rank.compute()
     metrics["quantization_error"] = qerr.compute()
-    return finish(metrics, fidelity, task)
+    per_level = [{"tokens_per_item": t, **(usage.compute() if levels > 1 else {})} for t, usage in zip(tokens, usages)]
+    return (*finish(metrics, fidelity, task), per_level)
 
 
 def finish(metrics: dict, fidelity: dict, task) -> tuple[dict, dict]:

@@ -33,13 +33,28 @@ HARNESS_NUMERICS = 2
 @dataclass
 class QuantizerSpec:
     dim: int  # code dimension the encoder emits and decode() returns
-    codebook_size: int  # K: the rate budget is log2(K) bits per token
+    codebook_size: int  # K: the rate budget is log2(K) bits per token (of the last level, when there are several)
+    # Several instances of the submitted quantizer, one per level of a hierarchical model (e.g. VQ-VAE-2's
+    # top and bottom), coarsest first: each level's K, the last equal to codebook_size. None: one level.
+    levels: list[int] | None = None
 
     def validate(self) -> None:
         if self.dim < 1:
             raise ConfigError(None, "dim", f"{self.dim} is not positive", "give dim >= 1")
         if self.codebook_size < 2:
             raise ConfigError(None, "codebook_size", f"{self.codebook_size} < 2", "give codebook_size >= 2")
+        if self.levels is not None:
+            if len(self.levels) < 2 or min(self.levels) < 2:
+                raise ConfigError(None, "levels", f"{self.levels} is not a list of two or more sizes >= 2",
+                                  "give each level's K, coarsest first, or leave levels out for one level")
+            if self.levels[-1] != self.codebook_size:
+                raise ConfigError(None, "levels", f"the last level's K {self.levels[-1]} is not codebook_size "
+                                  f"{self.codebook_size}", "make codebook_size the last (finest) level's K")
+
+    @property
+    def level_sizes(self) -> list[int]:
+        """Each level's K: one instance of the submitted quantizer is built per entry."""
+        return list(self.levels) if self.levels else [self.codebook_size]
 
 
 @dataclass
@@ -109,7 +124,7 @@ class Task:
         """Everything that determines the numbers, as plain data (what the hash covers)."""
         return {
             "id": self.id, "family": self.family, "version": self.version, "tier": self.tier,
-            "quantizer": to_dict(self.quantizer), "train": to_dict(self.train),
+            "quantizer": quantizer_spec(self.quantizer), "train": to_dict(self.train),
             "data": to_dict(self.data), "model": to_dict(self.model), "metrics": list(self.metrics),
             "harness": HARNESS_NUMERICS,
         }
@@ -122,6 +137,15 @@ class Task:
     @property
     def base_id(self) -> str:
         return self.id.split("@", 1)[0]
+
+
+def quantizer_spec(spec: QuantizerSpec) -> dict[str, Any]:
+    """The quantizer section as hashed: `levels` only where a task has several (single-level tasks keep
+    the hash they had before levels existed, so their results stay current)."""
+    out = to_dict(spec)
+    if out.get("levels") is None:
+        out.pop("levels", None)
+    return out
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any, path: Path) -> None:
@@ -201,6 +225,10 @@ def load_task_file(path: Path, tasks_root: Path) -> list[Task]:
             metrics=tuple(_checked_metrics(resolved, family, path)), seeds=tuple(resolved.seeds),
             resources=resolved.resources, sweep_point=tuple(point.items()),
         )
+        if task.quantizer.levels and not family.hierarchical:
+            raise ConfigError(path, "quantizer.levels", f"the {family.name} family's models quantize one level",
+                              "leave quantizer.levels out, or use a family whose model takes several levels "
+                              "(image with model.hierarchy: vqvae2)")
         family.check(task)
         tasks.append(task)
     return tasks

@@ -53,7 +53,8 @@ def window_usage(counts: torch.Tensor) -> list[float]:
 
 
 class StepChecks:
-    """The training step's checks (codes in [0, K), a finite loss) without a host read per step.
+    """The training step's checks (codes in [0, K) at every level, a finite loss) without a host read
+    per step.
 
     Reading a CUDA tensor on the host (bool(), float(), int()) waits for every queued kernel, so
     per-step checks left the GPU idle while the host prepared the next step. On CUDA each step's
@@ -62,14 +63,15 @@ class StepChecks:
     nothing waits, so flush() runs every step and a failure stops training before its backward pass.
     """
 
-    def __init__(self, device: torch.device, codebook_size: int):
+    def __init__(self, device: torch.device, codebook_sizes: list[int]):
         self.every_step = device.type != "cuda"
-        self.codebook_size = codebook_size
+        self.codebook_sizes = codebook_sizes  # per level
         self.pending: list[tuple[int, Tensor]] = []
 
-    def add(self, step: int, codes: Tensor, recon: Tensor, quantizer_loss, loss: Tensor) -> None:
+    def add(self, step: int, codes: list[Tensor], recon: Tensor, quantizer_loss, loss: Tensor) -> None:
         floats = [recon.detach(), torch.as_tensor(quantizer_loss, device=loss.device).detach(), loss.detach()]
-        ranged = [codes.min(), codes.max()] if codes.numel() else [torch.zeros((), device=loss.device)] * 2
+        ranged = [bound for c in codes for bound in
+                  ([c.min(), c.max()] if c.numel() else [torch.zeros((), device=loss.device)] * 2)]
         self.pending.append((step, torch.stack([v.double().reshape(()) for v in ranged + floats])))
         if self.every_step:
             self.flush()
@@ -79,20 +81,36 @@ class StepChecks:
             return
         rows = torch.stack([evidence for _, evidence in self.pending]).cpu().tolist()  # the one host read
         steps, self.pending = [step for step, _ in self.pending], []
-        for step, (low, high, recon, quantizer_loss, loss) in zip(steps, rows):
-            if low < 0 or high >= self.codebook_size:
-                raise codes_outside(f"training step {step}", self.codebook_size, int(low), int(high))
+        for step, row in zip(steps, rows):
+            for level, size in enumerate(self.codebook_sizes):
+                low, high = row[2 * level], row[2 * level + 1]
+                if low < 0 or high >= size:
+                    raise codes_outside(f"training step {step}{level_name(level, len(self.codebook_sizes))}",
+                                        size, int(low), int(high))
+            recon, quantizer_loss, loss = row[-3:]
             if not math.isfinite(loss):
                 raise JobFailure(f"non-finite loss at training step {step}: reconstruction {recon:.4g}, "
                                  f"quantizer loss {quantizer_loss:.4g}")
 
 
-def train(setup: Setup, quantizer: Quantizer, task, on_step: Callable[[int], None] | None = None) -> dict:
-    """Returns the loss curve and, at the same steps, the quantizer's own log and the harness's usage
-    curve: [step, utilization, perplexity / K] of the codes emitted since the previous point (when a
-    method collapses, and whether seeds differ, is visible there; the eval metrics see only the end)."""
+def level_name(level: int, levels: int) -> str:
+    """", level 1" in a message about a hierarchical model; nothing when there is one level."""
+    return f", level {level}" if levels > 1 else ""
+
+
+def code_spaces(quantizers: list[Quantizer]) -> list[int]:
+    """The joint code space of each level: codebook_size^depth symbols."""
+    return [q.codebook_size ** q.depth for q in quantizers]
+
+
+def train(setup: Setup, quantizers: list[Quantizer], task, on_step: Callable[[int], None] | None = None) -> dict:
+    """Returns the loss curve and, at the same steps, the quantizer's own log (keys `level<l>/...` when
+    there are several levels) and
+    the harness's usage curve: [step, utilization, perplexity / K] of the codes emitted since the
+    previous point, over the codebook entries of every level together (when a method collapses, and
+    whether seeds differ, is visible there; the eval metrics see only the end)."""
     spec = task.train
-    modules = [setup.encoder, setup.decoder, quantizer]
+    modules = [setup.encoder, setup.decoder, *quantizers]
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     opt_cls = torch.optim.AdamW if spec.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(params, lr=spec.lr, weight_decay=spec.weight_decay) if params else None
@@ -101,26 +119,38 @@ def train(setup: Setup, quantizer: Quantizer, task, on_step: Callable[[int], Non
     device = next((p.device for p in params), torch.device("cpu"))
     use_amp = spec.amp and device.type == "cuda"
     curve, quantizer_log, usage_curve = [], [], []
-    space = quantizer.codebook_size ** quantizer.depth
+    spaces = code_spaces(quantizers)
+    offsets = [sum(spaces[:level]) for level in range(len(spaces))]  # the levels' codes side by side
+    counted = sum(spaces) <= USAGE_MAX_CODES
     counts = None  # codes emitted since the last curve point, on the codes' device (no sync per step)
-    checks = StepChecks(device, quantizer.codebook_size)
+    checks = StepChecks(device, [q.codebook_size for q in quantizers])
     for step in range(spec.steps):
-        quantizer.schedule(step, spec.steps)
+        for q in quantizers:
+            q.schedule(step, spec.steps)
         x = next(setup.train_batches)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            z = setup.encoder(x)
-            out = check_output(quantizer(z), z, f"training step {step}", quantizer.codebook_size, quantizer.depth,
-                               check_range=False)  # StepChecks reads the range
-            if space <= USAGE_MAX_CODES:  # integer work: autocast leaves it alone
+        outs = []
+
+        def quantize(level: int, z: Tensor) -> Tensor:
+            nonlocal counts
+            q = quantizers[level]
+            out = check_output(q(z), z, f"training step {step}{level_name(level, len(quantizers))}", q.codebook_size,
+                               q.depth, check_range=False)  # StepChecks reads the range
+            if counted:  # integer work: autocast leaves it alone
                 # clamped: on CUDA the range is read later, and an index past the end is a device-side assert
-                codes = out.codes.detach().clamp(0, quantizer.codebook_size - 1)
-                index = code_index(codes, quantizer.codebook_size, quantizer.depth).flatten()
-                counts = torch.zeros(space, dtype=torch.long, device=index.device) if counts is None else counts
+                codes = out.codes.detach().clamp(0, q.codebook_size - 1)
+                index = code_index(codes, q.codebook_size, q.depth).flatten() + offsets[level]
+                counts = torch.zeros(sum(spaces), dtype=torch.long, device=index.device) if counts is None else counts
                 counts.index_add_(0, index, torch.ones_like(index))  # no K-long temporary per step (K up to 2^24)
-            x_hat = setup.decoder(out.z_q)
+            outs.append(out)
+            return out.z_q
+
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            _, quantized = setup.encode(x, quantize)
+            x_hat = setup.decode(quantized)
             recon = setup.reconstruction_loss(x_hat.float(), x)
-            loss = recon + out.loss
-        checks.add(step, out.codes, recon, out.loss, loss)
+            quantizer_loss = sum(out.loss for out in outs)
+            loss = recon + quantizer_loss
+        checks.add(step, [out.codes for out in outs], recon, quantizer_loss, loss)
         if optimizer is not None and loss.requires_grad:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -130,7 +160,10 @@ def train(setup: Setup, quantizer: Quantizer, task, on_step: Callable[[int], Non
         if step % max(1, spec.steps // CURVE_POINTS) == 0 or step == spec.steps - 1:
             checks.flush()
             curve.append([step, float(recon.detach())])
-            if logged := loggable(out.metrics):
+            own = outs[0].metrics if len(outs) == 1 else \
+                {f"level{level}/{k}": v for level, out in enumerate(outs) if isinstance(out.metrics, dict)
+                 for k, v in out.metrics.items() if isinstance(k, str)}
+            if logged := loggable(own):
                 quantizer_log.append([step, logged])
             if counts is not None:
                 usage_curve.append([step, *window_usage(counts)])

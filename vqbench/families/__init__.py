@@ -54,7 +54,8 @@ class Batch:
 
 @dataclass
 class EvalBatch:
-    """What an `inputs="eval"` metric's update() receives: the batch and everything made from it."""
+    """What an `inputs="eval"` metric's update() receives: the batch and everything made from it
+    (of a hierarchical model: its last, finest level)."""
     batch: Batch
     x_hat: Tensor  # reconstruction from decode(codes), same shape as batch.x
     z: Tensor  # encoder latents (batch, tokens, dim)
@@ -63,15 +64,49 @@ class EvalBatch:
     code_vectors: Tensor  # the decode table: row i is the vector of joint code i (see vqbench.ops.code_index)
 
 
+Quantize = Callable[[int, Tensor], Tensor]  # (level, latents) -> the vectors the model goes on with
+
+
 @dataclass
 class Setup:
-    """What a family builds for one job; the shared train loop and evaluation use nothing else."""
-    encoder: nn.Module  # x -> latents (batch, tokens, dim)
-    decoder: nn.Module  # (batch, tokens, dim) -> x_hat, same shape as x
+    """What a family builds for one job; the shared train loop and evaluation use nothing else.
+
+    A task with `quantizer.levels` (several quantizer instances) gets a hierarchical model: its
+    encoder is called as encoder(x, quantize) and returns the latents of every level, coarsest
+    first, having called quantize(level, latents) for each in that order (a later level may be
+    conditioned on what quantize returned for an earlier one, as VQ-VAE-2's bottom is on its top);
+    its decoder takes the list of quantized latents. The harness supplies quantize: the submitted
+    quantizer's z_q in training, the decoded codes at scoring.
+    """
+    encoder: nn.Module  # x -> latents (batch, tokens, dim); hierarchical: (x, quantize) -> [latents per level]
+    decoder: nn.Module  # (batch, tokens, dim) -> x_hat, same shape as x; hierarchical: [per level] -> x_hat
     train_batches: Iterator[Tensor]  # endless, seeded stream of training inputs x (fixed length)
     eval_batches: Callable[[], Iterable[Tensor | Batch]]  # a fresh pass over the fixed eval set
     reconstruction_loss: Callable[[Tensor, Tensor], Tensor]  # (x_hat, x) -> scalar
     metric_context: dict[str, Any] = field(default_factory=dict)  # what its metrics' factories read
+    levels: int = 1  # quantizer instances the model calls; above 1 the encoder and decoder are hierarchical
+
+    def encode(self, x: Tensor, quantize: Quantize) -> tuple[list[Tensor], list[Tensor]]:
+        """([latents per level], [what quantize returned per level]), one path for both kinds of model."""
+        returned: list[Tensor] = []
+
+        def record(level: int, z: Tensor) -> Tensor:
+            if level != len(returned):
+                raise RuntimeError(f"the model quantized level {level} after {len(returned)} level(s): levels "
+                                   "are quantized once each, coarsest first")
+            returned.append(quantize(level, z))
+            return returned[-1]
+
+        latents = [self.encoder(x)] if self.levels == 1 else list(self.encoder(x, record))
+        if self.levels == 1:
+            record(0, latents[0])
+        if len(latents) != self.levels or len(returned) != self.levels:
+            raise RuntimeError(f"the model returned {len(latents)} latents and quantized {len(returned)} levels "
+                               f"of {self.levels}")
+        return latents, returned
+
+    def decode(self, quantized: list[Tensor]) -> Tensor:
+        return self.decoder(quantized[0]) if self.levels == 1 else self.decoder(quantized)
 
 
 class Family:
@@ -85,6 +120,7 @@ class Family:
     primary_metric: ClassVar[str]  # the headline the leaderboard overview shows and sorts by
     sources: ClassVar[tuple] = ()  # downloadable data and weights (vqbench.families.sources.Source)
     takes_data_root: ClassVar[bool] = False  # full tier reads a user folder: `--data <name>=PATH`
+    hierarchical: ClassVar[bool] = False  # its models can take several quantizer levels (task quantizer.levels)
     legacy_data_root: ClassVar[bool] = False  # the family the deprecated `--data-root PATH` configures
 
     @classmethod

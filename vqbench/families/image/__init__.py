@@ -22,7 +22,7 @@ from vqbench.families import Family, Setup, endless, register_family, to_device
 from vqbench.families.image.data import (ImageFolder, LitePhotos, endless_loader, image_files, listing_key,
                                          resolve_root, uint8_to_float)
 from vqbench.families.image.metrics import LPIPS, weights_or_reason
-from vqbench.families.image.model import Decoder, Encoder, ReconstructionLoss
+from vqbench.families.image.model import Decoder, Encoder, ReconstructionLoss, TwoLevelDecoder, TwoLevelEncoder
 from vqbench.families.image.sources import SOURCES
 from vqbench.metrics import Unavailable
 from vqbench.schema import ConfigError
@@ -88,10 +88,16 @@ class Image(Family):
     sources = SOURCES
     takes_data_root = True
     legacy_data_root = True  # `--data-root` predates `--data image=PATH`
+    hierarchical = True  # quantizer.levels of two: VQ-VAE-2's top and bottom (model.TwoLevelEncoder)
 
     @classmethod
     def check(cls, task) -> None:
         factor = 2 ** (len(task.model.ch_mult) - 1)
+        if task.quantizer.levels is not None:
+            if len(task.quantizer.levels) != 2:
+                raise ConfigError(task.path, "quantizer.levels", f"{len(task.quantizer.levels)} levels; the image "
+                                  "family's hierarchical model is VQ-VAE-2's two (top, bottom)", "give two sizes")
+            factor *= 2  # the top level's grid is half the bottom's
         if task.data.resolution % factor:
             raise ConfigError(task.path, "data.resolution", f"{task.data.resolution} is not a multiple of the "
                               f"model's downsampling factor {factor}", f"give a multiple of {factor} or change ch_mult")
@@ -133,9 +139,12 @@ class Image(Family):
         loss = ReconstructionLoss(model.pixel_loss, model.perceptual_weight, model.gan_weight, model.gan_start,
                                   model.disc_channels, model.disc_layers, model.disc_lr,
                                   lpips=None if isinstance(lpips, Unavailable) else lpips).to(device)
-        encoder = Encoder(dim, model.channels, model.ch_mult, model.num_res_blocks).to(device)
-        decoder = Decoder(dim, model.channels, model.ch_mult, model.num_res_blocks).to(device)
+        levels = len(task.quantizer.level_sizes)
+        make_encoder, make_decoder = (Encoder, Decoder) if levels == 1 else (TwoLevelEncoder, TwoLevelDecoder)
+        encoder = make_encoder(dim, model.channels, model.ch_mult, model.num_res_blocks).to(device)
+        decoder = make_decoder(dim, model.channels, model.ch_mult, model.num_res_blocks).to(device)
         return Setup(
+            levels=levels,
             encoder=encoder,
             decoder=decoder,
             train_batches=train_batches,

@@ -88,6 +88,54 @@ class Decoder(nn.Module):
         return self.conv_out(self.net(from_tokens(z)))
 
 
+class TwoLevelEncoder(nn.Module):
+    """VQ-VAE-2's two-level encoder (Razavi et al. 2019, "Generating Diverse High-Fidelity Images with
+    VQ-VAE-2", Fig. 2a and its official Sonnet example), on the VQGAN blocks above.
+
+    bottom: x -> features h at the single-level model's factor f (the Encoder above, ending in h's
+      width instead of dim); top: h -> a stride-2 conv, a residual block -> z_top at 2f, quantized
+      first; its quantized vectors are decoded (conv, residual block, x2 upsampling) back to f and
+      concatenated with h, and a 1x1 conv of that gives z_bottom, quantized second. So the bottom
+      codes are conditioned on the top ones: they carry what the top level did not, as in the paper.
+    The seed paper's own code (Reyhanian & Wiskott 2026, wiskott-lab/single-vs-hier-recon) quantizes
+    the two levels independently (no top decoder into the bottom); this follows VQ-VAE-2.
+    """
+
+    def __init__(self, dim: int, channels: int, ch_mult: list[int], num_res_blocks: int, in_channels: int = 3):
+        super().__init__()
+        width = channels * ch_mult[-1]
+        self.bottom = Encoder(width, channels, ch_mult, num_res_blocks, in_channels)
+        self.top = nn.Sequential(nn.Conv2d(width, width, 3, stride=2, padding=1), ResBlock(width, width),
+                                 norm(width), nn.SiLU(), nn.Conv2d(width, dim, 3, padding=1))
+        self.top_decoder = nn.Sequential(nn.Conv2d(dim, width, 3, padding=1), ResBlock(width, width),
+                                         nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width, width, 3, padding=1))
+        self.to_bottom = nn.Sequential(norm(2 * width), nn.SiLU(), nn.Conv2d(2 * width, dim, 1))
+        self.factor = 2 * self.bottom.factor  # of the top level
+
+    def forward(self, x: Tensor, quantize) -> list[Tensor]:
+        h = self.bottom.net(x)  # (batch, width, h, w) at the bottom level's grid
+        z_top = to_tokens(self.top(h))
+        condition = self.top_decoder(from_tokens(quantize(0, z_top)))
+        z_bottom = to_tokens(self.to_bottom(torch.cat([h, condition], 1)))
+        quantize(1, z_bottom)
+        return [z_top, z_bottom]
+
+
+class TwoLevelDecoder(nn.Module):
+    """VQ-VAE-2's decoder: the quantized top upsampled x2 by a transposed conv, concatenated with the
+    quantized bottom, decoded by the single-level Decoder (on 2 x dim channels)."""
+
+    def __init__(self, dim: int, channels: int, ch_mult: list[int], num_res_blocks: int, out_channels: int = 3):
+        super().__init__()
+        self.upsample_top = nn.ConvTranspose2d(dim, dim, 4, stride=2, padding=1)
+        self.body = Decoder(2 * dim, channels, ch_mult, num_res_blocks, out_channels)
+
+    def forward(self, quantized: list[Tensor]) -> Tensor:
+        top, bottom = quantized
+        joint = torch.cat([self.upsample_top(from_tokens(top)), from_tokens(bottom)], 1)
+        return self.body(to_tokens(joint))
+
+
 class PatchDiscriminator(nn.Module):
     """PatchGAN (Isola et al. 2017) as in taming: stride-2 convs, BatchNorm, LeakyReLU, a logit per patch."""
 
