@@ -76,6 +76,25 @@ def test_toy_family_from_a_folder_runs_end_to_end(toy_project, executor):
     assert 0 < m["toy_item_utilization"] <= 12 / 32 and 0 < m["utilization"] <= 1 and m["mse"] > 0
 
 
+@pytest.mark.parametrize("executor", ["serial", "ray"])
+def test_a_two_level_model_runs_every_level_through_the_stages(toy_project, executor):
+    """quantizer.levels: one instance of the submission per level, each held to its own K; no data to fetch."""
+    task = toy_project / "tasks" / "toy" / "variable.yaml"
+    task.write_text(TOY_TASK.replace("codebook_size: 32}", "codebook_size: 32, levels: [8, 32]}"))
+    proc = run_cli(toy_project, "run", "--submission", "minimal", "--tasks", "toy/*", "--executor", executor,
+                   "--workers", "1", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((toy_project / "results" / "minimal" / "toy" / "variable" / "seed-0.json").read_text())
+    assert result["status"] == "ok", result["error"]
+    levels, m = result["levels"], result["metrics"]
+    assert [(lv["k"], lv["codebook_size"], lv["bits_per_token"]) for lv in levels] == [(8, 8, 3.0), (32, 32, 5.0)]
+    assert result["bits_per_token"] == 8.0  # both levels tokenize every position: 3 + 5 bits
+    used = [round(lv["utilization"] * lv["k"]) for lv in levels]
+    assert 0 < used[0] <= 8 and 0 < used[1] <= 32 and m["utilization"] == pytest.approx(sum(used) / 40)
+    assert m["toy_tokens"] == 47 and m["emitted_codes"] == 40  # eval metrics see the last level's codes
+    assert all(k.startswith(("level0/", "level1/")) for _, log in result["train"]["quantizer_log"] for k in log)
+
+
 def test_a_family_prepare_error_fails_the_job_with_its_message(toy_project):
     task = toy_project / "tasks" / "toy" / "variable.yaml"
     task.write_text(TOY_TASK + "data: {prepared_ok: false}\n")

@@ -40,7 +40,7 @@ def test_task_files_and_registry():
     ids = [t.id for t in list_tasks("image/*")]
     assert ids == ["image/imagenet128@codebook_size=1024", "image/imagenet128@codebook_size=8192",
                    "image/imagenet128@codebook_size=65536", "image/imagenet128@codebook_size=262144",
-                   "image/lite@codebook_size=1024", "image/lite@codebook_size=4096"]
+                   "image/lite@codebook_size=1024", "image/lite@codebook_size=4096", "image/two-level"]
     family = get_family("image")
     assert family.primary_metric in family.metrics and all(m in METRICS for m in family.metrics)
     assert not METRICS["rfid"].higher_is_better and METRICS["psnr"].higher_is_better

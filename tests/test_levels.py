@@ -107,3 +107,23 @@ def test_a_two_level_job_through_the_confined_stages(project):
     assert math.isfinite(metrics["psnr"]) and metrics["mse"] > 0
     curve = result["train"]["usage_curve"]
     assert curve and all(0 < row[1] <= 1 for row in curve)
+    # the leaderboard shows each level's usage beside the task's table, from the result's `levels`
+    from vqbench.leaderboard import check_leaderboard, write_leaderboard
+    out = project / "leaderboard"
+    write_leaderboard(results, out)
+    assert check_leaderboard(results, out) == []
+    page = (out / "README.md").read_text()
+    assert "Code usage per level" in page and "level 0 (K = 16) utilization" in page
+    assert f"{levels[0]['utilization']:.1%}" in page and f"{levels[1]['utilization']:.1%}" in page
+    html = (out / "site" / "tasks" / "image_tiny-two-level.html").read_text()
+    assert "K per level = 16 + 64" in html and f"{levels[1]['perplexity_ratio']:.1%}" in html
+
+
+def test_validate_checks_the_contract_at_every_levels_k(project):
+    from vqbench.validate import validate
+    write(project, "image", "tiny-two-level", TWO_LEVEL)
+    checks = validate("minimal", project, task_id="image/tiny-two-level")
+    contract = [c.name for c in checks if c.name.startswith("contract: ")]
+    assert {n.rsplit(" (K = ", 1)[1] for n in contract} == {"16)", "64)"}
+    assert len(contract) == 2 * len({n.rsplit(" (K = ", 1)[0] for n in contract})
+    assert all(c.ok for c in checks), [(c.name, c.detail) for c in checks if not c.ok]

@@ -41,11 +41,11 @@ def cmd_tasks_list(args) -> int:
                                "vqbench tasks list")
     if args.json:
         print(json.dumps([{"id": t.id, "family": t.family, "tier": t.tier, "version": t.version,
-                           "codebook_size": t.quantizer.codebook_size, "dim": t.quantizer.dim,
-                           "steps": t.train.steps, "seeds": list(t.seeds), "hash": t.hash,
+                           "codebook_size": t.quantizer.codebook_size, "levels": t.quantizer.level_sizes,
+                           "dim": t.quantizer.dim, "steps": t.train.steps, "seeds": list(t.seeds), "hash": t.hash,
                            "description": t.description} for t in tasks], indent=2))
         return 0
-    rows = [(t.id, t.tier, f"v{t.version}", t.quantizer.codebook_size, t.quantizer.dim, t.train.steps,
+    rows = [(t.id, t.tier, f"v{t.version}", "+".join(map(str, t.quantizer.level_sizes)), t.quantizer.dim, t.train.steps,
              ",".join(map(str, t.seeds)), t.hash) for t in tasks]
     print(tabulate(rows, headers=["task", "tier", "version", "K", "dim", "steps", "seeds", "hash"]))
     print(f"\n{len(tasks)} task(s)")

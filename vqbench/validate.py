@@ -252,8 +252,9 @@ def validate(name_or_path: str, root: Path, results_dir: Path | None = None, tas
         return checks
     from vqbench.tasks import get_task
     task = get_task(task_id, root) if task_id else smoke_task()
-    for check in contract_checks(submission, task, root, results_dir, timeout_s):
-        add(check)
+    for k in dict.fromkeys(task.quantizer.level_sizes):  # a hierarchical task builds one instance per level's K
+        for check in contract_checks(submission, task, root, results_dir, timeout_s, k):
+            add(check)
     add(smoke_check(submission, root, timeout_s))
     if do_reproduce:
         for check in reproduce(submission, root, results_dir or root / "results", task_id, seed, timeout_s,
@@ -263,23 +264,25 @@ def validate(name_or_path: str, root: Path, results_dir: Path | None = None, tas
 
 
 def contract_checks(submission: Submission, task, root: Path, results_dir: Path | None,
-                    timeout_s: float | None) -> list[Check]:
-    """Every CONTRACT_CHECKS entry at the task's dim and K, in one contained child (a fork each would
-    cost more than the checks); a hang or crash fails the check that was running, the rest are not run."""
-    dim, k = task.quantizer.dim, task.quantizer.codebook_size
+                    timeout_s: float | None, k: int | None = None) -> list[Check]:
+    """Every CONTRACT_CHECKS entry at the task's dim and K (or `k`, one level's K of a hierarchical task:
+    the check names then carry it), in one contained child (a fork each would cost more than the
+    checks); a hang or crash fails the check that was running, the rest are not run."""
+    dim, k = task.quantizer.dim, k or task.quantizer.codebook_size
+    at = f" (K = {k})" if len(task.quantizer.level_sizes) > 1 else ""
     guard = Guard(protected_folders(root, results_dir))  # the smoke run has its own, in the runner
     done: list[Check] = []
 
     def on_progress(message) -> None:
         if message[0] == "end":
-            done.append(Check(f"contract: {message[1]}", bool(message[2]), str(message[3])))
+            done.append(Check(f"contract: {message[1]}{at}", bool(message[2]), str(message[3])))
 
     outcome = run_in_child(_checks_in_child, (submission, dim, k), timeout_s or CHECKS_TIMEOUT_S,
                            CHECKS_MEMORY_GB, on_progress=on_progress, confined=True)
     finished = {c.name for c in done}
-    pending = [title for title, _ in CONTRACT_CHECKS if f"contract: {title}" not in finished]
+    pending = [title for title, _ in CONTRACT_CHECKS if f"contract: {title}{at}" not in finished]
     for i, title in enumerate(pending):  # checks run in order: the first unfinished one was running
-        done.append(Check(f"contract: {title}", False, f"{outcome.failure or 'no report'} (dim {dim}, K {k})"
+        done.append(Check(f"contract: {title}{at}", False, f"{outcome.failure or 'no report'} (dim {dim}, K {k})"
                           if i == 0 else "not run: an earlier check did not finish"))
     return [*done, files_check(guard)]
 

@@ -222,6 +222,25 @@ def family_ranking(board: Board, family: str) -> list[Standing]:
     return rows
 
 
+LEVEL_METRICS = ("utilization", "perplexity_ratio")  # shown per level of a hierarchical task
+
+
+def level_table(board: Board, task, order: list[str]) -> tuple[list[str], list[tuple]] | None:
+    """A hierarchical task's code usage per level (each result's `levels`), mean over seeds: (column
+    heads, [(submission, results, [(metric, mean or None), ...])]); None for a single-level task."""
+    if not task.quantizer.levels:
+        return None
+    heads = [f"level {i} (K = {k}) {METRICS[n].label}" for i, k in enumerate(task.quantizer.level_sizes)
+             for n in LEVEL_METRICS]
+    rows = []
+    for s in order:
+        rs = [r for r in board.ok[(task.id, s)] if isinstance(r.get("levels"), list)]
+        cells = [(n, statistics.fmean(r["levels"][i][n] for r in rs) if rs else None)
+                 for i in range(len(task.quantizer.level_sizes)) for n in LEVEL_METRICS]
+        rows.append((s, len(rs), cells))
+    return heads, rows
+
+
 def task_order(board: Board, tid: str) -> list[str]:
     """Submissions on a task, multi-seed rows first, each group best first on the primary metric."""
     primary = get_family(board.tasks[tid].family).primary_metric

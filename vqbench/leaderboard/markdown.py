@@ -6,8 +6,8 @@ import re
 from tabulate import tabulate
 
 from vqbench.families import get_family
-from vqbench.leaderboard.board import CI_NAME, WIN_RATE_CI_NAME, Board, Standing, best_of, family_ranking, summary, \
-    task_order
+from vqbench.leaderboard.board import CI_NAME, WIN_RATE_CI_NAME, Board, Standing, best_of, family_ranking, level_table, \
+    summary, task_order
 from vqbench.metrics import CODE_METRICS, METRICS
 from vqbench.tasks import not_applicable
 from vqbench.trust import LEDGER
@@ -115,6 +115,15 @@ def family_sections(board: Board, plots: dict) -> list[str]:
             for t in file_tasks:
                 if any((t.id, s) in board.ok for s in board.subs):
                     sections += [f"#### {t.id}", "", task_table(board, t), ""]
+                    if levels := level_table(board, t, task_order(board, t.id)):
+                        heads, rows = levels
+                        sections += ["Code usage per level (mean over seeds; the table above counts every level's "
+                                     "codebook entries together):", "", tabulate(
+                                         [[name_cell(board, s, board.ok[(t.id, s)]), n,
+                                           *("n/a" if v is None else format(v, METRICS[m].fmt) for m, v in cells)]
+                                          for s, n, cells in rows],
+                                         headers=["submission", "seeds", *heads], tablefmt="github",
+                                         disable_numparse=True), ""]
                     if skipped := [f"{md_escape(board.subs[s].meta.display_name)} ({why})" for s in sorted(board.subs)
                                    if (why := not_applicable(board.subs[s], t))]:
                         sections += [f"Not applicable, not run: {'; '.join(skipped)}.", ""]

@@ -12,7 +12,7 @@ from urllib.parse import quote
 from markupsafe import Markup
 
 from vqbench.families import get_family
-from vqbench.leaderboard.board import CI_NAME, WIN_RATE_CI_NAME, Board, best_of, family_ranking, summary, task_order
+from vqbench.leaderboard.board import CI_NAME, WIN_RATE_CI_NAME, Board, best_of, family_ranking, level_table, summary, task_order
 from vqbench.leaderboard.markdown import SELF_REPORTED, column, safe_url, table_metrics, win_cell
 from vqbench.metrics import METRICS
 
@@ -110,7 +110,16 @@ def task_context(board: Board, task, links: Links, plots: dict, usage: dict) -> 
             "plot": {"src": links.plot(plot[0]), "captions": plot[2]} if plot else None,
             "usage": {"src": links.plot(used[0]), "captions": used[2]} if used else None,
             "usage_missing": sum(not r["train"].get("usage_curve") for s in order for r in board.ok[(task.id, s)]),
-            "spec": task.spec(), "family_label": get_family(task.family).label}
+            "levels": level_context(board, task, order), "spec": task.spec(), "family_label": get_family(task.family).label}
+
+
+def level_context(board: Board, task, order: list[str]) -> dict | None:
+    table = level_table(board, task, order)
+    if table is None:
+        return None
+    heads, rows = table
+    return {"heads": heads, "rows": [{"name": board.subs[s].meta.display_name, "n": n,
+                                      "cells": [value_cell(name, v) for name, v in cells]} for s, n, cells in rows]}
 
 
 def sub_context(board: Board, s: str, links: Links) -> dict:
