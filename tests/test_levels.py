@@ -50,6 +50,15 @@ def test_bad_levels_name_the_field(tmp_path, quantizer, field, message):
     assert field in str(e.value) and str(path) in str(e.value)
 
 
+def test_the_top_level_grid_must_fit_the_crop(tmp_path):
+    """f = 4 at the bottom, 8 at the top: 36 pixels fit the bottom grid only."""
+    path = write(tmp_path, "image", "odd", TWO_LEVEL.replace("resolution: 32", "resolution: 36"))
+    with pytest.raises(ConfigError, match="data.resolution.*multiple of the model's downsampling factor 8"):
+        load_task_file(path, tmp_path / "tasks")
+    single = TWO_LEVEL.replace("resolution: 32", "resolution: 36").replace(", levels: [16, 64]", "")
+    assert load_task_file(write(tmp_path, "image", "odd", single), tmp_path / "tasks")[0].quantizer.levels is None
+
+
 def test_a_family_without_a_hierarchical_model_refuses_levels(tmp_path):
     from conftest import TINY_TASK
     path = write(tmp_path, "synthetic", "leveled", TINY_TASK.replace("codebook_size: 16}", "codebook_size: 16, "

@@ -94,8 +94,9 @@ def build_levels(submission, task, where: str = "") -> tuple[list, list[tuple[in
 def encode(setup, quantizers, task, rates: list[tuple[int, int]]) -> list[list[Tensor]]:
     """The eval set's codes from the trained quantizers in eval mode: per eval batch, one tensor per level."""
     for level, (q, k) in enumerate(zip(quantizers, task.quantizer.level_sizes)):
-        if check_rate(q, k, "evaluation: ") != tuple(rates[level]):
-            raise JobFailure(f"evaluation: codebook_size/depth change with eval(): {tuple(rates[level])} -> "
+        where = f"evaluation{level_name(level, len(rates))}: "
+        if check_rate(q, k, where) != tuple(rates[level]):
+            raise JobFailure(f"{where}codebook_size/depth change with eval(): {tuple(rates[level])} -> "
                              f"{(q.codebook_size, q.depth)}")
     codes = []
     for batch in eval_batches(setup):
