@@ -41,6 +41,9 @@ class Quantizer(torch.nn.Module, abc.ABC):
     of its levels, residual VQ uses `depth` levels of a smaller codebook): the harness reads them
     back to compute bits per token and the emitted codes (codebook_size^depth) and checks them
     against the task's budget. Code usage is normalized by the task's K, not by them.
+
+    A task with several levels (`quantizer.levels`) builds one instance per level, each with that
+    level's K, in one process: state belongs to the instance, never to the class or the module.
     """
 
     def __init__(self, dim: int, codebook_size: int, **params):
