@@ -158,7 +158,7 @@ class CodeUsage(Metric):
         self.counts += torch.bincount(codes.flatten(), minlength=self.num_symbols)
 
     def compute(self) -> dict[str, float]:
-        return _usage(self.counts, self.k, self.num_symbols)
+        return usage_of(self.counts, self.k, self.num_symbols)
 
     @staticmethod
     def combined(usages: list[CodeUsage]) -> dict[str, float]:
@@ -166,11 +166,12 @@ class CodeUsage(Metric):
         the levels' K), every token of every level counted once. One level: its own compute()."""
         if len(usages) == 1:
             return usages[0].compute()
-        return _usage(torch.cat([u.counts for u in usages]), sum(u.k for u in usages),
+        return usage_of(torch.cat([u.counts for u in usages]), sum(u.k for u in usages),
                       sum(u.num_symbols for u in usages))
 
 
-def _usage(counts: Tensor, k: int, emitted: int) -> dict[str, float]:
+def usage_of(counts: Tensor, k: int, emitted: int) -> dict[str, float]:
+    """The code-usage metrics of a histogram of codes (also the training loop's usage curve)."""
     p = counts[counts > 0].double() / counts.sum()
     perplexity = float(torch.exp(-(p * p.log()).sum()))
     used = int((counts > 0).sum())

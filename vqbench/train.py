@@ -15,6 +15,7 @@ from torch import Tensor
 from vqbench.contract import Quantizer
 from vqbench.enforce import JobFailure, check_output, codes_outside
 from vqbench.families import Setup
+from vqbench.metrics import usage_of
 from vqbench.ops import code_index
 
 CURVE_POINTS = 20  # loss-curve (and quantizer-log, usage-curve) points kept per job
@@ -47,9 +48,8 @@ def loggable(metrics: object) -> dict[str, float]:
 
 def window_usage(counts: torch.Tensor) -> list[float]:
     """[utilization, perplexity / K] of the codes counted in `counts` (one window of training steps)."""
-    used = counts[counts > 0].double()
-    p = used / used.sum()
-    return [round(len(used) / len(counts), 6), round(float(torch.exp(-(p * p.log()).sum())) / len(counts), 6)]
+    usage = usage_of(counts, len(counts), len(counts))
+    return [round(usage["utilization"], 6), round(usage["perplexity_ratio"], 6)]
 
 
 class StepChecks:
