@@ -34,7 +34,13 @@ def test_committed_results_are_complete_and_within_budget():
             assert result["error"]["reason"], path
             continue
         task = tasks.get(result["task"])
-        if task is not None:
+        if task is not None and task.quantizer.levels:  # each level within its own K; the total as job.rate says
+            levels = result["levels"]
+            assert [lv["k"] for lv in levels] == task.quantizer.level_sizes, path
+            assert all(lv["bits_per_token"] <= math.log2(lv["k"]) + 1e-9 for lv in levels), path
+            per_item = sum(lv["bits_per_token"] * lv["tokens_per_item"] for lv in levels)
+            assert abs(result["bits_per_token"] - per_item / levels[-1]["tokens_per_item"]) < 1e-9, path
+        elif task is not None:
             assert result["bits_per_token"] <= math.log2(task.quantizer.codebook_size) + 1e-9, path
         for name in CODE_METRICS:
             assert name in result["metrics"], f"{path}: {name} missing"
