@@ -54,3 +54,24 @@ def test_no_registered_submission_has_a_file_the_old_hash_skipped():
         hidden = [p for p in sub.folder.rglob(".*") if not any(part in ("__pycache__", ".pytest_cache",
                                                                          ".ipynb_checkpoints") for part in p.parts)]
         assert hidden == [], f"{name}: {hidden} would change its hash (and stale its committed results)"
+
+
+def test_an_adapter_shipped_with_the_harness_is_hashed_with_the_submission(tmp_path, monkeypatch):
+    """ext_* submissions run vqbench.adapters, outside their folder: editing it must stale their results,
+    while a submission whose entrypoint is in its own folder keeps its folder hash."""
+    from vqbench import submissions
+
+    ext = get_submission("ext_vqpytorch_fsq", REPO)
+    assert ext.harness_entrypoint_file() == REPO / "vqbench" / "adapters.py"
+    own = get_submission("vq", REPO)
+    assert own.harness_entrypoint_file() is None and own.hash == folder_hash(own.folder)
+
+    adapter = tmp_path / "adapters.py"
+    real_find_spec = submissions.importlib.util.find_spec
+    monkeypatch.setattr(submissions.importlib.util, "find_spec", lambda name: (
+        real_find_spec(name).__class__(name, None, origin=str(adapter)) if name == "vqbench.adapters" else real_find_spec(name)))
+    hashes = []
+    for source in (b"A = 1\n", b"A = 2\n"):
+        adapter.write_bytes(source)
+        hashes.append(get_submission("ext_vqpytorch_fsq", REPO).hash)
+    assert hashes[0] != hashes[1] and folder_hash(ext.folder) not in hashes

@@ -1,6 +1,7 @@
 """Submissions: `submissions/<name>/submission.yaml` plus the quantizer's code, content-hashed.
 
-A submission's hash covers every file in its folder (dotfiles too; tool caches aside), so editing
+A submission's hash covers every file in its folder (dotfiles too; tool caches aside) and an adapter module
+of the harness it names as entrypoint (vqbench.adapters), so editing
 its code, its params or a file it reads makes its old results stale (they are kept on disk but
 never mixed into the leaderboard).
 """
@@ -74,7 +75,20 @@ class Submission:
 
     @cached_property
     def hash(self) -> str:
-        return folder_hash(self.folder)
+        digest = folder_hash(self.folder)
+        if adapter := self.harness_entrypoint_file():
+            # An adapter shipped with the harness is this submission's code too: editing it stales the
+            # results (a third-party package is covered by its pin in `requires` instead).
+            digest = hashlib.sha256(f"{digest}\0{adapter.name}\0".encode() + adapter.read_bytes()).hexdigest()[:16]
+        return digest
+
+    def harness_entrypoint_file(self) -> Path | None:
+        """The source file of an entrypoint module that lives in the vqbench package, e.g. vqbench.adapters."""
+        module_name = self.meta.entrypoint.split(":", 1)[0]
+        if (self.folder / (module_name.replace(".", "/") + ".py")).exists() or not module_name.startswith("vqbench."):
+            return None
+        spec = importlib.util.find_spec(module_name)
+        return Path(spec.origin) if spec and spec.origin and spec.origin.endswith(".py") else None
 
     def missing_requirements(self) -> list[str]:
         """The `requires` entries not satisfied here: not importable, or installed at another version."""
