@@ -330,6 +330,19 @@ def test_external_fsq_matches_zoo_fsq():
     assert torch.allclose(ext.codebook(), ours.codebook(), atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["ext_vqpytorch_fsq", "ext_vqpytorch_rvq", "ext_vqpytorch_simvq"])
+def test_external_quantizers_do_not_depend_on_how_tokens_are_batched(name):
+    """One token per item (synthetic tasks) and a sequence per item (images) are the same tokens: the
+    adapter must give the same codes and shapes, whichever axis the library reads as the sequence."""
+    pytest.importorskip("vector_quantize_pytorch", reason="optional extra: pip install 'vqbench[external]'")
+    q = build(name, dim=8, codebook_size=256).eval()
+    z = torch.randn(96, 8)
+    per_item, as_sequence = q(z.view(96, 1, 8)), q(z.view(4, 24, 8))
+    assert per_item.z_q.shape == (96, 1, 8) and per_item.codes.shape[:2] == (96, 1)
+    assert torch.equal(per_item.codes.flatten(0, 1), as_sequence.codes.flatten(0, 1))
+    assert torch.allclose(per_item.z_q.view(96, 8), as_sequence.z_q.view(96, 8))
+
+
 def test_external_residual_vq_and_simvq_follow_the_contract():
     pytest.importorskip("vector_quantize_pytorch", reason="optional extra: pip install 'vqbench[external]'")
     z = torch.randn(4, 64, 8, requires_grad=True)

@@ -56,8 +56,12 @@ class VectorQuantizePytorch(Quantizer):
             raise ValueError(f"{name} would emit {self.codebook_size} codes > codebook_size {codebook_size}")
 
     def forward(self, z: Tensor) -> QuantizerOutput:
-        out = self.module(z)
-        z_q, codes = out[0], out[1].long()
+        # The libraries treat dim 1 as the sequence; a task with one token per item (synthetic) would
+        # hand SimVQ `batch` separate one-row distance problems (~30x slower). Every token is scored
+        # on its own and batch statistics pool all tokens either way, so one sequence is the same maths.
+        out = self.module(z.reshape(1, -1, z.shape[-1]))
+        z_q = out[0].reshape(z.shape)
+        codes = out[1].long().reshape(*z.shape[:-1], *out[1].shape[2:])
         # FSQ returns no loss; the others a scalar, ResidualVQ one per level; extra entries
         # (loss breakdowns, all codes) are ignored
         loss = out[2].sum() if len(out) > 2 and torch.is_tensor(out[2]) else torch.zeros((), device=z.device)
