@@ -199,10 +199,9 @@ def test_fsq_levels_fill_the_budget_of_every_task_k():
     assert {256, 1024, 4096, 16384, 2**18} <= task_ks
     for k in task_ks:  # never more than 0.1 bit of the budget left unused
         assert k * 2 ** -0.1 <= fsq(8, k).codebook_size <= k, k
-    q = build("fsq", dim=3, codebook_size=256)  # levels [8, 6, 5]; identity projection in
-    with torch.no_grad():
-        q.project_in.weight.copy_(torch.eye(3))
-        q.project_in.bias.zero_()
+    q = build("fsq", dim=3, codebook_size=256)  # levels [8, 6, 5]: dim == d, so no projections (the paper)
+    assert isinstance(q.project_in, torch.nn.Identity) and isinstance(q.project_out, torch.nn.Identity)
+    assert isinstance(build("fsq", dim=4, codebook_size=256).project_in, torch.nn.Linear)
     codes = torch.arange(q.codebook_size)
     decoded = q.decode(codes)
     assert torch.unique(decoded, dim=0).shape[0] == q.codebook_size  # distinct vectors
@@ -328,6 +327,10 @@ def test_external_fsq_matches_zoo_fsq():
     assert torch.allclose(o.z_q, e.z_q, atol=1e-5)
     assert torch.equal(e.z_q, ext.decode(e.codes))
     assert torch.allclose(ext.codebook(), ours.codebook(), atol=1e-5)
+    # dim == d (synthetic/code-dim@dim=4): neither projects, so the codes agree with no weights copied
+    ours, ext = build("fsq", dim=4, codebook_size=2**10), build("ext_vqpytorch_fsq", dim=4, codebook_size=2**10)
+    z = torch.randn(2, 200, 4) * 3
+    assert torch.equal(ours.eval()(z).codes, ext.eval()(z).codes) and len(list(ours.parameters())) == 0
 
 
 @pytest.mark.parametrize("name", ["ext_vqpytorch_fsq", "ext_vqpytorch_rvq", "ext_vqpytorch_simvq"])

@@ -5,7 +5,10 @@ github.com/google-research/google-research/tree/master/fsq.
 Project the latent to d = len(levels) channels, bound channel i to L_i values with tanh, round
 (straight-through), and project back. The codebook is the implicit grid of prod(L_i) points:
 nothing to learn, nothing to collapse. The harness's `dim` is fixed, so FSQ brings its own
-dim -> d -> dim linear projections (as the paper does when the encoder width is not d).
+dim -> d -> dim linear projections where dim != d, and none where dim == d (the encoder then emits the
+d channels itself, as in the paper and in vector-quantize-pytorch's FSQ, which ext_vqpytorch_fsq runs
+as an independent check). Until 2026-11 it projected always: an extra learnable d x d map on
+synthetic/code-dim@dim=4, the only task with dim == d and the only one where the two disagreed.
 
 Levels (vqbench.ops.fsq_levels): the paper's table 1 entry where K is in the table and the entry
 fits in K; otherwise the densest grid of 5..8 levels per channel (the range the table uses) with
@@ -33,10 +36,12 @@ class FSQ(Quantizer):
             raise ValueError(f"levels {levels} give {self.codebook_size} codes > codebook_size {codebook_size}")
         self.eps = eps
         self.register_buffer("_levels", torch.tensor(levels), persistent=False)
+        self.register_buffer("_dtype_probe", torch.zeros(()), persistent=False)  # follows .to(dtype) without projections
         # mixed-radix place values: code = sum_i digit_i * prod_{j<i} L_j
         self.register_buffer("_basis", torch.cumprod(torch.tensor([1] + levels[:-1]), 0), persistent=False)
-        self.project_in = nn.Linear(dim, len(levels))
-        self.project_out = nn.Linear(len(levels), dim)
+        same = dim == len(levels)  # the encoder already emits the d channels: nothing to project
+        self.project_in = nn.Identity() if same else nn.Linear(dim, len(levels))
+        self.project_out = nn.Identity() if same else nn.Linear(len(levels), dim)
 
     def _bound(self, x: torch.Tensor) -> torch.Tensor:
         # tanh into (-L/2, L/2); even L are shifted by half a step so that rounding yields exactly L
@@ -46,10 +51,14 @@ class FSQ(Quantizer):
         shift = torch.atanh(offset / half)
         return torch.tanh(x + shift) * half - offset
 
+    @property
+    def _dtype(self) -> torch.dtype:
+        return self.project_out.weight.dtype if isinstance(self.project_out, nn.Linear) else self._dtype_probe.dtype
+
     def _digits_to_grid(self, digits: torch.Tensor) -> torch.Tensor:
         half_width = self._levels // 2
         grid = (digits - half_width) / half_width  # normalized grid values in [-1, 1]
-        return grid.to(self.project_out.weight.dtype)
+        return grid.to(self._dtype)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         bounded = self._bound(self.project_in(z))
