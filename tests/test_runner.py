@@ -157,3 +157,56 @@ def test_multi_file_submission_runs_and_its_training_metrics_are_logged(project)
     assert steps == sorted(steps) and steps[0] == 0 and steps[-1] == 29  # the loss curve's points
     # plain names and finite numbers only: "bad name!" and a NaN never reach the result file
     assert all(set(values) == {"codes_in_batch"} and 1 <= values["codes_in_batch"] <= 16 for _, values in log)
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigterm_to_the_driver_ends_the_running_job_too(project):
+    """`kill <driver>` (or `timeout`, a scheduler) must not leave the job it was running behind,
+    training on a core nobody watches: the driver unwinds as on Ctrl-C and kills the job's processes."""
+    cmd = [sys.executable, "-m", "vqbench.cli", "run", "--submission", "hangs", "--tasks", "synthetic/tiny",
+           "--executor", "serial", "--results-dir", str(project / "results"), "--quiet"]
+    proc = subprocess.Popen(cmd, env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, job, since = time.monotonic() + 180, set(), time.monotonic()
+    while time.monotonic() < deadline and proc.poll() is None:
+        now = _descendants(proc.pid)
+        if now != job:  # the driver's short confinement probe comes and goes before the job starts
+            job, since = now, time.monotonic()
+        elif len(job) >= 3 and time.monotonic() - since > 3:  # fork server, job, its init: steady, in forward()
+            break
+        time.sleep(0.2)
+    assert len(job) >= 3 and proc.poll() is None, "the job never started"
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        for pid in [proc.pid, *job]:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        raise
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err[-2000:]
+    deadline = time.monotonic() + 10
+    while any(map(_alive, job)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in job if _alive(pid)], "processes of the job outlived its driver"

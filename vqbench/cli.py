@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from vqbench.paths import project_root
@@ -410,8 +412,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame) -> None:
+    # SIGTERM (kill, timeout, a scheduler) unwinds like Ctrl-C: every supervisor's `finally` kills its
+    # job's process group; the default action would end the driver alone and leave its running job behind
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
     try:
         return args.func(args)
     except ConfigError as e:  # a usage error: unknown name, pattern matching nothing, bad value (argparse's code too)
@@ -420,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # results are written atomically: rerunning resumes
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
