@@ -1,9 +1,8 @@
 """Submissions: `submissions/<name>/submission.yaml` plus the quantizer's code, content-hashed.
 
-A submission's hash covers every file in its folder (dotfiles too; tool caches aside) and an adapter module
-of the harness it names as entrypoint (vqbench.adapters), so editing
-its code, its params or a file it reads makes its old results stale (they are kept on disk but
-never mixed into the leaderboard).
+A submission's hash covers every file in its folder (dotfiles too; tool caches aside) and a harness
+adapter it names as entrypoint (vqbench.adapters), so editing its code, its params or a file it
+reads makes its old results stale (they are kept on disk but never mixed into the leaderboard).
 """
 from __future__ import annotations
 
